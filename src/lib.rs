@@ -1,0 +1,13 @@
+//! ordersaga: order validation as an orchestrated saga over Kafka.
+//!
+//! - [`domain`]: orders, money, payment methods, the saga state machine (pure);
+//! - [`application`]: use cases and the ports they need;
+//! - [`adapters`]: HTTP, PostgreSQL, MongoDB, Kafka and the user API;
+//! - [`config`], [`startup`], [`telemetry`]: reading settings, wiring, logging.
+
+pub mod adapters;
+pub mod application;
+pub mod config;
+pub mod domain;
+pub mod startup;
+pub mod telemetry;
