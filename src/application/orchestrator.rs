@@ -1,0 +1,404 @@
+//! The orchestrator: drives each order's saga from the messages it receives and
+//! from its deadlines.
+//!
+//! Every decision runs inside one store transaction with the saga locked: the
+//! saga state, the order's status, the commands to send (through the outbox)
+//! and the events to log are written together or not at all. Redelivered
+//! messages are dropped by message id, and the state machine ignores replies
+//! that no longer matter, so handling a message twice changes nothing.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::domain::{
+    Effect, OrderId, OrderStatus, Saga, SagaEventKind, SagaPolicy, Step, StepOutcome,
+};
+
+use super::messages::{
+    BalanceValidated, InboundMessage, MessageType, OrderCreated, OrderSettled, OutboundMessage,
+    Topic, UserValidated, ValidateBalance, ValidateUser,
+};
+use super::ports::{
+    HandleError, MessageHandler, NewEvent, SagaContext, SagaOutcome, SagaStore, SagaWrite,
+};
+
+/// Consumer name under which processed message ids are recorded.
+pub const CONSUMER: &str = "orchestrator";
+
+pub struct Orchestrator {
+    store: Arc<dyn SagaStore>,
+    policy: SagaPolicy,
+    /// How long a PROCESSING order may wait for its saga to start before the sweeper starts it.
+    start_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    Start,
+    Reply {
+        step: Step,
+        attempt: u32,
+        outcome: StepOutcome,
+        message_id: Uuid,
+    },
+    Tick,
+}
+
+impl Orchestrator {
+    pub fn new(store: Arc<dyn SagaStore>, policy: SagaPolicy, start_grace: Duration) -> Self {
+        Self {
+            store,
+            policy,
+            start_grace,
+        }
+    }
+
+    /// Acts on every saga whose deadline has passed and starts sagas whose
+    /// `order-created` message never arrived. Returns how many orders it looked at.
+    pub async fn sweep(&self, limit: u32) -> Result<usize, HandleError> {
+        let now = Utc::now();
+        let due = self.store.due(now, now - self.start_grace, limit).await?;
+        for order_id in &due {
+            let policy = self.policy;
+            self.store
+                .transact(
+                    *order_id,
+                    None,
+                    Box::new(move |ctx| decide(ctx, Input::Tick, &policy, Utc::now())),
+                )
+                .await?;
+        }
+        Ok(due.len())
+    }
+
+    /// Forgets processed message ids older than `retention` and expired idempotency keys.
+    pub async fn housekeeping(&self, retention: Duration) -> Result<u64, HandleError> {
+        let now = Utc::now();
+        Ok(self.store.purge(now - retention, now).await?)
+    }
+
+    async fn run(
+        &self,
+        order_id: OrderId,
+        message_id: Uuid,
+        input: Input,
+    ) -> Result<SagaOutcome, HandleError> {
+        let policy = self.policy;
+        let outcome = self
+            .store
+            .transact(
+                order_id,
+                Some((CONSUMER, message_id)),
+                Box::new(move |ctx| decide(ctx, input, &policy, Utc::now())),
+            )
+            .await?;
+        match outcome {
+            SagaOutcome::UnknownOrder => Err(HandleError::Poison(format!(
+                "order {order_id} does not exist"
+            ))),
+            SagaOutcome::Duplicate => {
+                tracing::debug!(%order_id, %message_id, "duplicate message dropped");
+                Ok(outcome)
+            }
+            _ => Ok(outcome),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageHandler for Orchestrator {
+    async fn handle(&self, message: &InboundMessage) -> Result<(), HandleError> {
+        match message.topic {
+            Some(Topic::OrdersCreated) => {
+                let m = message
+                    .decode::<OrderCreated>(MessageType::OrderCreated)
+                    .map_err(HandleError::Poison)?;
+                self.run(m.payload.order_id, m.message_id, Input::Start)
+                    .await?;
+            }
+            Some(Topic::UserValidationReplies) => {
+                let m = message
+                    .decode::<UserValidated>(MessageType::UserValidated)
+                    .map_err(HandleError::Poison)?;
+                let p = &m.payload;
+                let input = Input::Reply {
+                    step: Step::User,
+                    attempt: p.attempt,
+                    outcome: p.outcome(),
+                    message_id: m.message_id,
+                };
+                self.run(p.order_id, m.message_id, input).await?;
+            }
+            Some(Topic::BalanceValidationReplies) => {
+                let m = message
+                    .decode::<BalanceValidated>(MessageType::BalanceValidated)
+                    .map_err(HandleError::Poison)?;
+                let p = &m.payload;
+                let input = Input::Reply {
+                    step: Step::Balance,
+                    attempt: p.attempt,
+                    outcome: p.outcome(),
+                    message_id: m.message_id,
+                };
+                self.run(p.order_id, m.message_id, input).await?;
+            }
+            _ => {
+                return Err(HandleError::Poison(format!(
+                    "orchestrator does not consume {}",
+                    message.topic_name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The decision: runs the state machine on the locked saga and turns its
+/// effects into the rows to write. Pure but for fresh ids.
+fn decide(
+    ctx: &SagaContext,
+    input: Input,
+    policy: &SagaPolicy,
+    now: DateTime<Utc>,
+) -> Option<SagaWrite> {
+    let order = &ctx.order;
+    let (saga, effects) = match (ctx.saga.clone(), input) {
+        (None, Input::Start | Input::Tick) => {
+            if order.status != OrderStatus::Processing {
+                return None;
+            }
+            Saga::start(now, policy)
+        }
+        (None, Input::Reply { .. }) => {
+            tracing::warn!(order_id = %order.id, "reply for an order whose saga never started; ignored");
+            return None;
+        }
+        (Some(_), Input::Start) => return None,
+        (
+            Some(mut saga),
+            Input::Reply {
+                step,
+                attempt,
+                outcome,
+                ..
+            },
+        ) => {
+            let effects = saga.on_reply(step, attempt, outcome, now, policy);
+            (saga, effects)
+        }
+        (Some(mut saga), Input::Tick) => {
+            let effects = saga.on_tick(now, policy);
+            (saga, effects)
+        }
+    };
+    if effects.is_empty() {
+        return None;
+    }
+
+    let mut write = SagaWrite {
+        saga,
+        settle: None,
+        outbox: Vec::new(),
+        events: Vec::new(),
+    };
+    let event = |kind, payload| NewEvent::new(order.id, kind, payload, now);
+    for effect in effects {
+        match effect {
+            Effect::Started => write
+                .events
+                .push(event(SagaEventKind::SagaStarted, json!({}))),
+            Effect::SendCommand { step, attempt } => {
+                let message = command(ctx, step, attempt);
+                write.events.push(event(
+                    SagaEventKind::CommandSent,
+                    json!({
+                        "step": step,
+                        "attempt": attempt,
+                        "message_id": message.message_id,
+                        "message_type": message.message_type,
+                        "topic": message.topic.name(),
+                    }),
+                ));
+                write.outbox.push(message);
+            }
+            Effect::ReplyAccepted {
+                step,
+                attempt,
+                outcome,
+            } => {
+                let message_id = match input {
+                    Input::Reply { message_id, .. } => Some(message_id),
+                    _ => None,
+                };
+                write.events.push(event(
+                    SagaEventKind::ReplyReceived,
+                    json!({ "step": step, "attempt": attempt, "outcome": outcome, "message_id": message_id }),
+                ));
+            }
+            Effect::TimedOut { step, attempt } => {
+                write.events.push(event(
+                    SagaEventKind::StepTimedOut,
+                    json!({ "step": step, "attempt": attempt }),
+                ));
+            }
+            Effect::Settle(settlement) => {
+                write.settle = Some(settlement);
+                write.events.push(event(
+                    SagaEventKind::StatusChanged,
+                    json!({
+                        "from": OrderStatus::Processing,
+                        "to": settlement.status(),
+                        "cancel_reason": settlement.cancel_reason(),
+                    }),
+                ));
+                let settled = OrderSettled {
+                    order_id: order.id,
+                    user_id: order.user_id.clone(),
+                    value: order.value,
+                    status: settlement.status(),
+                    cancel_reason: settlement.cancel_reason(),
+                    settled_at: now,
+                };
+                write.outbox.push(OutboundMessage::new(
+                    Uuid::new_v4(),
+                    Topic::OrdersSettled,
+                    order.id,
+                    MessageType::OrderSettled,
+                    &ctx.correlation_id,
+                    &settled,
+                ));
+            }
+        }
+    }
+    Some(write)
+}
+
+fn command(ctx: &SagaContext, step: Step, attempt: u32) -> OutboundMessage {
+    let order = &ctx.order;
+    let id = Uuid::new_v4();
+    match step {
+        Step::User => OutboundMessage::new(
+            id,
+            Topic::UserValidationCommands,
+            order.id,
+            MessageType::ValidateUser,
+            &ctx.correlation_id,
+            &ValidateUser {
+                order_id: order.id,
+                user_id: order.user_id.clone(),
+                attempt,
+            },
+        ),
+        Step::Balance => OutboundMessage::new(
+            id,
+            Topic::BalanceValidationCommands,
+            order.id,
+            MessageType::ValidateBalance,
+            &ctx.correlation_id,
+            &ValidateBalance {
+                order_id: order.id,
+                value: order.value,
+                attempt,
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CancelReason, NewOrder, Order, Settlement};
+
+    fn ctx(saga: Option<Saga>) -> SagaContext {
+        let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
+        SagaContext {
+            order: Order::place(OrderId::new(), new, Utc::now()),
+            correlation_id: "c1".into(),
+            saga,
+        }
+    }
+
+    #[test]
+    fn start_writes_two_commands_through_the_outbox_and_logs_them() {
+        let w = decide(&ctx(None), Input::Start, &SagaPolicy::default(), Utc::now()).unwrap();
+        let topics: Vec<_> = w.outbox.iter().map(|m| m.topic).collect();
+        assert_eq!(
+            topics,
+            [
+                Topic::UserValidationCommands,
+                Topic::BalanceValidationCommands
+            ]
+        );
+        assert!(w.outbox.iter().all(|m| m.correlation_id == "c1"));
+        let kinds: Vec<_> = w.events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                SagaEventKind::SagaStarted,
+                SagaEventKind::CommandSent,
+                SagaEventKind::CommandSent
+            ]
+        );
+        assert_eq!(w.settle, None);
+    }
+
+    #[test]
+    fn start_on_a_started_saga_writes_nothing() {
+        let (saga, _) = Saga::start(Utc::now(), &SagaPolicy::default());
+        assert!(
+            decide(
+                &ctx(Some(saga)),
+                Input::Start,
+                &SagaPolicy::default(),
+                Utc::now()
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn a_failing_reply_settles_with_a_settled_message_and_event() {
+        let p = SagaPolicy::default();
+        let (saga, _) = Saga::start(Utc::now(), &p);
+        let input = Input::Reply {
+            step: Step::User,
+            attempt: 1,
+            outcome: StepOutcome::Failed(CancelReason::UserInvalid),
+            message_id: Uuid::new_v4(),
+        };
+        let w = decide(&ctx(Some(saga)), input, &p, Utc::now()).unwrap();
+        assert_eq!(
+            w.settle,
+            Some(Settlement::Canceled(CancelReason::UserInvalid))
+        );
+        assert_eq!(w.outbox.len(), 1);
+        assert_eq!(w.outbox[0].topic, Topic::OrdersSettled);
+        assert_eq!(w.outbox[0].payload["status"], "CANCELED");
+        assert_eq!(w.outbox[0].payload["cancel_reason"], "USER_INVALID");
+        let kinds: Vec<_> = w.events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [SagaEventKind::ReplyReceived, SagaEventKind::StatusChanged]
+        );
+    }
+
+    #[test]
+    fn a_reply_without_a_saga_is_ignored() {
+        let input = Input::Reply {
+            step: Step::User,
+            attempt: 1,
+            outcome: StepOutcome::Passed,
+            message_id: Uuid::new_v4(),
+        };
+        assert!(decide(&ctx(None), input, &SagaPolicy::default(), Utc::now()).is_none());
+    }
+
+    #[test]
+    fn a_tick_starts_an_orphaned_processing_order() {
+        let w = decide(&ctx(None), Input::Tick, &SagaPolicy::default(), Utc::now()).unwrap();
+        assert_eq!(w.outbox.len(), 2);
+    }
+}

@@ -1,0 +1,151 @@
+//! Use cases behind the HTTP API: place, get and list orders, read an order's events.
+
+use std::sync::Arc;
+
+use chrono::{Duration, SubsecRound, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::domain::{FieldError, NewOrder, Order, OrderId, SagaEventKind, UserId};
+
+use super::error::AppError;
+use super::messages::{MessageType, OrderCreated, OutboundMessage, Topic};
+use super::ports::{
+    EventLog, EventRecord, IdempotencyClaim, NewEvent, OrderPage, OrderStore, PlaceOutcome,
+};
+
+/// Most orders one page may hold.
+pub const MAX_PAGE_SIZE: u32 = 100;
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+pub struct OrderService {
+    store: Arc<dyn OrderStore>,
+    events: Arc<dyn EventLog>,
+    idempotency_ttl: Duration,
+}
+
+/// A placed order, and whether this request created it or replayed an earlier one.
+#[derive(Debug)]
+pub struct Placed {
+    pub order: Order,
+    pub created: bool,
+}
+
+impl OrderService {
+    pub fn new(
+        store: Arc<dyn OrderStore>,
+        events: Arc<dyn EventLog>,
+        idempotency_ttl: Duration,
+    ) -> Self {
+        Self {
+            store,
+            events,
+            idempotency_ttl,
+        }
+    }
+
+    /// Stores the order as PROCESSING with its `order-created` message in the
+    /// outbox, in one transaction. With an idempotency key, a repeat of the same
+    /// request returns the first order; a different request with that key is a conflict.
+    pub async fn place(
+        &self,
+        new: NewOrder,
+        correlation_id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Placed, AppError> {
+        // Microseconds: what PostgreSQL keeps, so the response matches later reads.
+        let now = Utc::now().trunc_subsecs(6);
+        let claim = match idempotency_key {
+            None => None,
+            Some(key) => {
+                if key.is_empty()
+                    || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+                    || !key.bytes().all(|b| (0x20..=0x7e).contains(&b))
+                {
+                    return Err(AppError::Rejected(FieldError::new(
+                        "Idempotency-Key",
+                        format!(
+                            "must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
+                        ),
+                    )));
+                }
+                Some(IdempotencyClaim {
+                    key: key.to_owned(),
+                    request: new.clone(),
+                    expires_at: now + self.idempotency_ttl,
+                })
+            }
+        };
+        let order = Order::place(OrderId::new(), new, now);
+        let payload = OrderCreated {
+            order_id: order.id,
+            user_id: order.user_id.clone(),
+            value: order.value,
+            installment: order.installment.get(),
+            method: order.method,
+            created_at: order.created_at,
+        };
+        let message = OutboundMessage::new(
+            Uuid::new_v4(),
+            Topic::OrdersCreated,
+            order.id,
+            MessageType::OrderCreated,
+            correlation_id,
+            &payload,
+        );
+        let event = NewEvent::new(
+            order.id,
+            SagaEventKind::OrderCreated,
+            json!({
+                "value": order.value,
+                "user_id": order.user_id,
+                "installment": order.installment,
+                "method": order.method,
+                "correlation_id": correlation_id,
+            }),
+            now,
+        );
+        match self
+            .store
+            .place(&order, correlation_id, claim.as_ref(), &message, &event)
+            .await?
+        {
+            PlaceOutcome::Created(order) => Ok(Placed {
+                order,
+                created: true,
+            }),
+            PlaceOutcome::Replayed(order) => Ok(Placed {
+                order,
+                created: false,
+            }),
+            PlaceOutcome::KeyConflict => Err(AppError::Conflict(
+                "Idempotency-Key was already used with a different order form".into(),
+            )),
+        }
+    }
+
+    pub async fn get(&self, id: OrderId) -> Result<Order, AppError> {
+        self.store.get(id).await?.ok_or_else(|| AppError::NotFound {
+            what: "order",
+            id: id.to_string(),
+        })
+    }
+
+    /// A page of the user's orders, newest first; `limit` is capped at [`MAX_PAGE_SIZE`].
+    pub async fn list(
+        &self,
+        user: &UserId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(u32, OrderPage), AppError> {
+        let limit = limit.clamp(1, MAX_PAGE_SIZE);
+        Ok((limit, self.store.list_for_user(user, offset, limit).await?))
+    }
+
+    /// The order's saga timeline from the event log.
+    pub async fn events(&self, id: OrderId) -> Result<Vec<EventRecord>, AppError> {
+        self.get(id).await?;
+        Ok(self.events.for_order(id).await?)
+    }
+}

@@ -1,0 +1,289 @@
+//! The ports: what the use cases need from the outside world.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, Order, OrderId, Saga, SagaEventKind, Settlement, UserId};
+
+use super::messages::{InboundMessage, OutboundMessage};
+
+/// A storage failure: the store is unreachable (retry later) or something else went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventLogError {
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("broker: {0}")]
+pub struct PublishError(pub String);
+
+/// A saga event about to be recorded (the store assigns its sequence number).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub order_id: OrderId,
+    pub kind: SagaEventKind,
+    pub payload: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+impl NewEvent {
+    pub fn new(
+        order_id: OrderId,
+        kind: SagaEventKind,
+        payload: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            event_id: Uuid::new_v4(),
+            order_id,
+            kind,
+            payload,
+            at,
+        }
+    }
+}
+
+/// A recorded saga event: one document of the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub event_id: Uuid,
+    pub order_id: OrderId,
+    /// Position in the global event sequence: orders an order's timeline.
+    pub seq: i64,
+    pub kind: SagaEventKind,
+    pub payload: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// An idempotency key claimed by a request, with a fingerprint of the request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    pub request: NewOrder,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+pub enum PlaceOutcome {
+    Created(Order),
+    /// The idempotency key was used before with the same request: its order.
+    Replayed(Order),
+    /// The idempotency key was used before with a different request.
+    KeyConflict,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderPage {
+    pub total: u64,
+    pub orders: Vec<Order>,
+}
+
+/// Orders and their status, with the outbox written in the same transaction.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// Stores a PROCESSING order, its `order-created` message and its first
+    /// event atomically: all or nothing.
+    async fn place(
+        &self,
+        order: &Order,
+        correlation_id: &str,
+        idempotency: Option<&IdempotencyClaim>,
+        message: &OutboundMessage,
+        event: &NewEvent,
+    ) -> Result<PlaceOutcome, StoreError>;
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+    /// A user's orders, newest first (ties broken by insertion order), and their true count.
+    async fn list_for_user(
+        &self,
+        user: &UserId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<OrderPage, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// What a saga decision sees.
+#[derive(Debug, Clone)]
+pub struct SagaContext {
+    pub order: Order,
+    pub correlation_id: String,
+    pub saga: Option<Saga>,
+}
+
+/// What a saga decision writes, atomically.
+#[derive(Debug, Clone)]
+pub struct SagaWrite {
+    pub saga: Saga,
+    pub settle: Option<Settlement>,
+    pub outbox: Vec<OutboundMessage>,
+    pub events: Vec<NewEvent>,
+}
+
+/// A decision taken inside the store's transaction, with the saga locked.
+/// `None` means there is nothing to write.
+pub type SagaDecision = Box<dyn FnOnce(&SagaContext) -> Option<SagaWrite> + Send>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaOutcome {
+    Applied,
+    NothingToDo,
+    /// This consumer already processed this message id.
+    Duplicate,
+    UnknownOrder,
+}
+
+/// Saga state, with the order, the outbox and the event log feed in one transaction.
+#[async_trait]
+pub trait SagaStore: Send + Sync {
+    /// Locks the order's saga, runs `decide` and writes what it returns, all in
+    /// one transaction. With `dedupe = Some((consumer, message_id))` the message
+    /// is recorded as processed in the same transaction, and a second call with
+    /// the same pair is a no-op returning [`SagaOutcome::Duplicate`].
+    async fn transact(
+        &self,
+        order_id: OrderId,
+        dedupe: Option<(&str, Uuid)>,
+        decide: SagaDecision,
+    ) -> Result<SagaOutcome, StoreError>;
+
+    /// Orders whose saga has a deadline at or before `now`, and PROCESSING
+    /// orders older than `orphaned_before` that have no saga yet (their
+    /// `order-created` message was lost).
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        orphaned_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, StoreError>;
+
+    /// Forgets processed message ids older than `processed_before` and
+    /// idempotency keys expired by `now`. Returns how many rows went.
+    async fn purge(
+        &self,
+        processed_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Why a relay batch did not go through; the rows stay for the next try.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    EventLog(#[from] EventLogError),
+}
+
+/// Which outbox a relay loop drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// Messages for the broker.
+    Messages,
+    /// Saga events for the event log.
+    Events,
+}
+
+/// The relay's side of the two outboxes. Each call locks a batch of pending
+/// rows (rows locked by another relay are skipped), hands them to the sink and
+/// removes (or marks) them only if the sink succeeded, in one transaction: a
+/// crash at any point leaves the rows pending, so they go out at least once.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    async fn relay_messages(
+        &self,
+        limit: u32,
+        sink: &dyn MessagePublisher,
+    ) -> Result<usize, RelayError>;
+    async fn relay_events(&self, limit: u32, sink: &dyn EventLog) -> Result<usize, RelayError>;
+    /// Waits until new rows of that kind may be pending, or `timeout` passes.
+    async fn wait_for_work(&self, kind: OutboxKind, timeout: Duration);
+}
+
+/// The event log (MongoDB): one document per saga event, no duplicates.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Appends events; an event id already present is skipped, so appending again is harmless.
+    async fn append(&self, events: &[EventRecord]) -> Result<(), EventLogError>;
+    /// An order's events in sequence order.
+    async fn for_order(&self, order_id: OrderId) -> Result<Vec<EventRecord>, EventLogError>;
+    async fn ping(&self) -> Result<(), EventLogError>;
+}
+
+/// The message broker, outbound.
+#[async_trait]
+pub trait MessagePublisher: Send + Sync {
+    /// Publishes every message and waits for the broker's acknowledgement of
+    /// all of them; any failure fails the call (some may have gone out).
+    async fn publish(&self, messages: &[OutboundMessage]) -> Result<(), PublishError>;
+    /// Sets a message aside on the dead-letter topic, with why.
+    async fn dead_letter(&self, message: &InboundMessage, error: &str) -> Result<(), PublishError>;
+    async fn ping(&self) -> Result<(), PublishError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    Valid,
+    Invalid,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("user API unavailable: {0}")]
+pub struct UserDirectoryError(pub String);
+
+/// The user directory (an HTTP API).
+#[async_trait]
+pub trait UserDirectory: Send + Sync {
+    async fn check(&self, user: &UserId) -> Result<UserStatus, UserDirectoryError>;
+}
+
+/// Why handling a message failed, which decides what the consumer does next.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The message can never be handled: dead-letter it now.
+    #[error("poison message: {0}")]
+    Poison(String),
+    /// A dependency is down: retry the same message (with backoff) until it is back.
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
+    /// Something else failed: retry a bounded number of times, then dead-letter.
+    #[error(transparent)]
+    Failed(anyhow::Error),
+}
+
+impl From<StoreError> for HandleError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(d) => HandleError::Unavailable(format!("postgres: {d}")),
+            StoreError::Other(e) => HandleError::Failed(e),
+        }
+    }
+}
+
+impl From<PublishError> for HandleError {
+    fn from(e: PublishError) -> Self {
+        HandleError::Unavailable(e.to_string())
+    }
+}
+
+/// Something that handles messages from the broker (inbound port).
+#[async_trait]
+pub trait MessageHandler: Send + Sync {
+    async fn handle(&self, message: &InboundMessage) -> Result<(), HandleError>;
+}

@@ -1,0 +1,114 @@
+//! The relay: drains the outboxes. Messages go to the broker, saga events to
+//! the event log. The two loops are independent, so a MongoDB outage delays
+//! the event log but never the saga, and a broker outage never loses an event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::ports::{EventLog, MessagePublisher, Outbox, OutboxKind, RelayError};
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    /// Rows per transaction.
+    pub batch_size: u32,
+    /// Longest wait for a notification before looking again anyway.
+    pub idle_poll: Duration,
+    /// Longest pause after a failure (pauses double from 50 ms up to this).
+    pub max_backoff: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            idle_poll: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Relay {
+    outbox: Arc<dyn Outbox>,
+    publisher: Arc<dyn MessagePublisher>,
+    event_log: Arc<dyn EventLog>,
+    settings: RelaySettings,
+}
+
+impl Relay {
+    pub fn new(
+        outbox: Arc<dyn Outbox>,
+        publisher: Arc<dyn MessagePublisher>,
+        event_log: Arc<dyn EventLog>,
+        settings: RelaySettings,
+    ) -> Self {
+        Self {
+            outbox,
+            publisher,
+            event_log,
+            settings,
+        }
+    }
+
+    /// Publishes one batch of pending messages; returns how many went out.
+    pub async fn relay_messages_once(&self) -> Result<usize, RelayError> {
+        self.outbox
+            .relay_messages(self.settings.batch_size, self.publisher.as_ref())
+            .await
+    }
+
+    /// Copies one batch of pending events to the event log; returns how many.
+    pub async fn relay_events_once(&self) -> Result<usize, RelayError> {
+        self.outbox
+            .relay_events(self.settings.batch_size, self.event_log.as_ref())
+            .await
+    }
+
+    /// Runs both loops until `shutdown`; each drains what is pending before it returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let messages = {
+            let relay = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { relay.drain_loop(OutboxKind::Messages, shutdown).await })
+        };
+        let events = {
+            let relay = self.clone();
+            tokio::spawn(async move { relay.drain_loop(OutboxKind::Events, shutdown).await })
+        };
+        let _ = tokio::join!(messages, events);
+    }
+
+    async fn drain_loop(&self, kind: OutboxKind, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = match kind {
+                OutboxKind::Messages => self.relay_messages_once().await,
+                OutboxKind::Events => self.relay_events_once().await,
+            };
+            match result {
+                Ok(n) => {
+                    backoff = Duration::from_millis(50);
+                    if n as u32 >= self.settings.batch_size {
+                        continue; // more may be waiting
+                    }
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = self.outbox.wait_for_work(kind, self.settings.idle_poll) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(outbox = ?kind, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+            }
+        }
+    }
+}
