@@ -1,0 +1,103 @@
+//! The HTTP API (axum): routes, middleware, Swagger UI.
+
+pub mod error;
+pub mod form;
+pub mod health;
+pub mod openapi;
+pub mod orders;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::application::health::Readiness;
+use crate::application::orders::OrderService;
+
+use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub orders: Arc<OrderService>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static(orders::REQUEST_ID_HEADER);
+    let api = Router::new()
+        .route("/api/orders", post(orders::place_order))
+        .route("/api/order/{id}", get(orders::get_order))
+        .route("/api/order/{id}/events", get(orders::order_events))
+        .route("/api/orders/{user_id}", get(orders::list_orders))
+        .route("/api/methods", get(orders::methods))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route(
+            "/swagger/index.html",
+            get(|| async { Redirect::permanent("/swagger-ui/") }),
+        )
+        .route(
+            "/swagger",
+            get(|| async { Redirect::permanent("/swagger-ui/") }),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    Router::new()
+        .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(form::MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let id = req.headers().get(orders::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+    .into_response()
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets in-flight requests finish (up to `grace`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let drain = shutdown.clone();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(async move { drain.cancelled().await });
+    tokio::select! {
+        r = server => r.map_err(Into::into),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("HTTP requests still in flight after the grace period; closing");
+            Ok(())
+        }
+    }
+}

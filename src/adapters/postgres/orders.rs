@@ -1,0 +1,253 @@
+//! `OrderStore` on PostgreSQL.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::application::messages::OutboundMessage;
+use crate::application::ports::{
+    IdempotencyClaim, NewEvent, OrderPage, OrderStore, PlaceOutcome, StoreError,
+};
+use crate::domain::{Installment, Money, NewOrder, Order, OrderId, UserId};
+
+use super::{PgStore, classify, corrupt};
+
+pub(super) const ORDER_COLUMNS: &str =
+    "id, user_id, value, installment, method, status, cancel_reason, created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct OrderRow {
+    id: Uuid,
+    user_id: String,
+    value: Decimal,
+    installment: i32,
+    method: String,
+    status: String,
+    cancel_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<OrderRow> for Order {
+    type Error = StoreError;
+    fn try_from(r: OrderRow) -> Result<Self, StoreError> {
+        Ok(Order {
+            id: OrderId(r.id),
+            value: Money::from_decimal(r.value).map_err(|e| corrupt("order value", e))?,
+            user_id: UserId::parse(&r.user_id).map_err(|e| corrupt("user_id", e))?,
+            installment: u32::try_from(r.installment)
+                .ok()
+                .and_then(|n| Installment::new(n).ok())
+                .ok_or_else(|| corrupt("installment", r.installment))?,
+            method: r.method.parse().map_err(|e| corrupt("method", e))?,
+            status: r.status.parse().map_err(|e| corrupt("status", e))?,
+            cancel_reason: r
+                .cancel_reason
+                .map(|c| c.parse())
+                .transpose()
+                .map_err(|e| corrupt("cancel_reason", e))?,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// Inserts outbox rows in one statement.
+pub(super) async fn insert_outbox(
+    tx: &mut Transaction<'_, Postgres>,
+    messages: &[OutboundMessage],
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
+    let topics: Vec<&str> = messages.iter().map(|m| m.topic.name()).collect();
+    let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
+    let types: Vec<&str> = messages.iter().map(|m| m.message_type.as_str()).collect();
+    let correlations: Vec<&str> = messages.iter().map(|m| m.correlation_id.as_str()).collect();
+    let payloads: Vec<serde_json::Value> = messages.iter().map(|m| m.payload.clone()).collect();
+    let times: Vec<DateTime<Utc>> = messages.iter().map(|m| m.time).collect();
+    sqlx::query(
+        "INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[])",
+    )
+    .bind(ids)
+    .bind(topics)
+    .bind(keys)
+    .bind(types)
+    .bind(correlations)
+    .bind(payloads)
+    .bind(times)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Inserts saga events in one statement.
+pub(super) async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[NewEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let orders: Vec<Uuid> = events.iter().map(|e| e.order_id.0).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let payloads: Vec<serde_json::Value> = events.iter().map(|e| e.payload.clone()).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
+    sqlx::query(
+        "INSERT INTO saga_events (event_id, order_id, event_type, payload, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::timestamptz[])",
+    )
+    .bind(ids)
+    .bind(orders)
+    .bind(kinds)
+    .bind(payloads)
+    .bind(times)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Claims the idempotency key for `order_id` (taking over an expired claim).
+    /// Returns the earlier use of the key when it is taken.
+    async fn claim_key(
+        tx: &mut Transaction<'_, Postgres>,
+        claim: &IdempotencyClaim,
+        order_id: OrderId,
+    ) -> Result<Option<(NewOrder, OrderId)>, StoreError> {
+        let request =
+            serde_json::to_value(&claim.request).map_err(|e| StoreError::Other(e.into()))?;
+        let claimed: Option<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO idempotency_keys (key, request, order_id, expires_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO UPDATE
+                SET request = EXCLUDED.request, order_id = EXCLUDED.order_id,
+                    created_at = now(), expires_at = EXCLUDED.expires_at
+                WHERE idempotency_keys.expires_at <= now()
+             RETURNING order_id",
+        )
+        .bind(&claim.key)
+        .bind(&request)
+        .bind(order_id.0)
+        .bind(claim.expires_at)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(classify)?;
+        if claimed.is_some() {
+            return Ok(None);
+        }
+        let (earlier, earlier_order): (serde_json::Value, Uuid) =
+            sqlx::query_as("SELECT request, order_id FROM idempotency_keys WHERE key = $1")
+                .bind(&claim.key)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(classify)?;
+        let earlier: NewOrder =
+            serde_json::from_value(earlier).map_err(|e| corrupt("idempotency request", e))?;
+        Ok(Some((earlier, OrderId(earlier_order))))
+    }
+}
+
+#[async_trait]
+impl OrderStore for PgStore {
+    async fn place(
+        &self,
+        order: &Order,
+        correlation_id: &str,
+        idempotency: Option<&IdempotencyClaim>,
+        message: &OutboundMessage,
+        event: &NewEvent,
+    ) -> Result<PlaceOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        if let Some(claim) = idempotency
+            && let Some((earlier, earlier_order)) =
+                Self::claim_key(&mut tx, claim, order.id).await?
+        {
+            tx.rollback().await.map_err(classify)?;
+            if earlier != claim.request {
+                return Ok(PlaceOutcome::KeyConflict);
+            }
+            let existing = self
+                .get(earlier_order)
+                .await?
+                .ok_or_else(|| corrupt("idempotency key", "order missing"))?;
+            return Ok(PlaceOutcome::Replayed(existing));
+        }
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9)",
+        )
+        .bind(order.id.0)
+        .bind(order.user_id.as_str())
+        .bind(order.value.amount())
+        .bind(order.installment.get() as i32)
+        .bind(order.method.as_str())
+        .bind(order.status.as_str())
+        .bind(correlation_id)
+        .bind(order.created_at)
+        .bind(order.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        insert_outbox(&mut tx, std::slice::from_ref(message)).await?;
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(PlaceOutcome::Created(order.clone()))
+    }
+
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1");
+        let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        row.map(Order::try_from).transpose()
+    }
+
+    async fn list_for_user(
+        &self,
+        user: &UserId,
+        offset: u64,
+        limit: u32,
+    ) -> Result<OrderPage, StoreError> {
+        let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE user_id = $1")
+            .bind(user.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let orders = if offset >= total {
+            Vec::new()
+        } else {
+            let sql = format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1
+                 ORDER BY created_at DESC, seq DESC OFFSET $2 LIMIT $3"
+            );
+            let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(user.as_str())
+                .bind(offset)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+            rows.into_iter()
+                .map(Order::try_from)
+                .collect::<Result<_, _>>()?
+        };
+        Ok(OrderPage {
+            total: total as u64,
+            orders,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        PgStore::ping(self).await
+    }
+}
