@@ -1,0 +1,357 @@
+//! The consumer loop: reads a consumer group's topics and hands each message
+//! to a `MessageHandler`, one at a time per process.
+//!
+//! Offsets are stored only after a message was handled (or dead-lettered) and
+//! committed in the background, so delivery is at-least-once: a crash replays
+//! at most the last uncommitted messages, which the handlers tolerate.
+//!
+//! What happens when handling fails depends on the error:
+//! - poison (unparseable, impossible): dead-lettered at once, the partition moves on;
+//! - a dependency is down: the same message is retried with backoff until it is
+//!   back (or shutdown), because dead-lettering a good message would lose work;
+//! - anything else: retried `max_attempts` times, then dead-lettered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio_util::sync::CancellationToken;
+
+use super::KafkaSettings;
+use crate::application::messages::{InboundMessage, Topic};
+use crate::application::ports::{HandleError, MessageHandler, MessagePublisher};
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Component name: the consumer group is `<group prefix><component>`.
+    pub component: &'static str,
+    pub topics: Vec<Topic>,
+    /// Attempts for a message whose handling fails (not for an unavailable dependency).
+    pub max_attempts: u32,
+    /// First pause between attempts; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Longest wait for the final offset commit at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn new(component: &'static str, topics: Vec<Topic>) -> Self {
+        Self {
+            component,
+            topics,
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+fn create(kafka: &KafkaSettings, settings: &ConsumerSettings) -> anyhow::Result<StreamConsumer> {
+    let group = kafka.group(settings.component);
+    let consumer: StreamConsumer = kafka
+        .base_config(&format!("ordersaga-{}", settings.component))
+        .set("group.id", &group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set(
+            "session.timeout.ms",
+            kafka.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            kafka.heartbeat_interval.as_millis().to_string(),
+        )
+        .set(
+            "fetch.wait.max.ms",
+            kafka.fetch_wait_max.as_millis().to_string(),
+        )
+        .create()
+        .with_context(|| format!("cannot create the Kafka consumer for group {group}"))?;
+    let topics: Vec<String> = settings.topics.iter().map(|t| kafka.topic(*t)).collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("cannot subscribe to {topics:?}"))?;
+    Ok(consumer)
+}
+
+fn inbound(kafka: &KafkaSettings, m: &OwnedMessage) -> InboundMessage {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    InboundMessage {
+        topic: kafka.logical(m.topic()),
+        topic_name: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// How a consuming session ended.
+enum Ended {
+    /// Shutdown was requested.
+    Shutdown,
+    /// A subscribed partition vanished from the broker (a topic deleted and
+    /// recreated, an in-memory broker restarted). librdkafka keeps the old
+    /// assignment and never fetches from the new topic, so the consumer is
+    /// rebuilt: it rejoins the group and starts on the new partitions.
+    PartitionsVanished,
+    /// Every broker was unreachable and now answers again, with the
+    /// subscribed topics in place. A broker that lost its state (an in-memory
+    /// one restarted) may have forgotten the group and recreated the topics,
+    /// which librdkafka does not always notice; a fresh consumer rejoins
+    /// cleanly. On a real cluster this costs one rebalance, only after a full
+    /// outage.
+    BrokersReturned,
+}
+
+/// Consumes until `shutdown`, then commits what was handled and leaves the group.
+pub async fn run_consumer(
+    kafka: Arc<KafkaSettings>,
+    settings: ConsumerSettings,
+    handler: Arc<dyn MessageHandler>,
+    dead_letters: Arc<dyn MessagePublisher>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let consumer = Arc::new(create(&kafka, &settings)?);
+        tracing::info!(component = settings.component, group = %kafka.group(settings.component), "consumer started");
+        let ended = consume(
+            &kafka,
+            &settings,
+            &consumer,
+            handler.as_ref(),
+            dead_letters.as_ref(),
+            &shutdown,
+        )
+        .await;
+        teardown(consumer, kafka.leave_group_on_shutdown, &settings).await;
+        match ended {
+            Ended::Shutdown => break,
+            Ended::PartitionsVanished | Ended::BrokersReturned => {
+                let why = match ended {
+                    Ended::PartitionsVanished => "a subscribed partition vanished from the broker",
+                    _ => "the brokers are back after an outage",
+                };
+                tracing::warn!(
+                    component = settings.component,
+                    why,
+                    "rebuilding the consumer"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(settings.initial_backoff.max(Duration::from_millis(500))) => {}
+                }
+            }
+        }
+    }
+    tracing::info!(component = settings.component, "consumer stopped");
+    Ok(())
+}
+
+async fn consume(
+    kafka: &KafkaSettings,
+    settings: &ConsumerSettings,
+    consumer: &Arc<StreamConsumer>,
+    handler: &dyn MessageHandler,
+    dead_letters: &dyn MessagePublisher,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let mut outage = false;
+    let mut probe = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            m = consumer.recv() => m.map(|m| m.detach()),
+            _ = probe.tick(), if outage => {
+                if topics_present(kafka, settings, consumer).await {
+                    return Ended::BrokersReturned;
+                }
+                continue;
+            }
+        };
+        let message = match received {
+            Ok(m) => m,
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownPartition)) => {
+                return Ended::PartitionsVanished;
+            }
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)) if !outage => {
+                tracing::warn!(
+                    component = settings.component,
+                    "all Kafka brokers are down; waiting for them"
+                );
+                outage = true;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(component = settings.component, error = %e, "consumer error");
+                tokio::select! { _ = shutdown.cancelled() => return Ended::Shutdown, _ = tokio::time::sleep(Duration::from_millis(200)) => {} }
+                continue;
+            }
+        };
+        let msg = inbound(kafka, &message);
+        if !handle_with_retries(settings, handler, dead_letters, &msg, shutdown).await {
+            // Interrupted by shutdown: leave the offset so the message is redelivered.
+            return Ended::Shutdown;
+        }
+        if let Err(e) =
+            consumer.store_offset(message.topic(), message.partition(), message.offset())
+        {
+            // The partition was revoked meanwhile; its new owner will see the message again.
+            tracing::debug!(error = %e, "offset not stored");
+        }
+    }
+}
+
+/// Whether the brokers answer and every subscribed topic has partitions.
+async fn topics_present(
+    kafka: &KafkaSettings,
+    settings: &ConsumerSettings,
+    consumer: &Arc<StreamConsumer>,
+) -> bool {
+    let wanted: Vec<String> = settings.topics.iter().map(|t| kafka.topic(*t)).collect();
+    let consumer = consumer.clone();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok_and(|md| {
+                wanted.iter().all(|name| {
+                    md.topics().iter().any(|t| {
+                        t.name() == name && t.error().is_none() && !t.partitions().is_empty()
+                    })
+                })
+            })
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Commits the stored offsets, then leaves the group (or just goes), with a
+/// bound on how long that takes.
+async fn teardown(consumer: Arc<StreamConsumer>, leave: bool, settings: &ConsumerSettings) {
+    let teardown = tokio::task::spawn_blocking(move || {
+        // A metadata probe that timed out may still hold a clone for a moment.
+        let mut consumer = consumer;
+        let consumer = loop {
+            match Arc::try_unwrap(consumer) {
+                Ok(c) => break c,
+                Err(c) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    consumer = c;
+                }
+            }
+        };
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final offset commit failed (nothing to commit, or a rebalance)");
+        }
+        if leave {
+            drop(consumer); // sends LeaveGroup: the group rebalances at once
+        } else {
+            // Go without LeaveGroup, as a crashed member would: the broker
+            // reassigns the partitions after the session timeout. See
+            // docs/stand-ins.md for why this is the default on the local stack.
+            // SAFETY: the handle is valid and is never used again (forgotten below).
+            unsafe {
+                rdkafka::bindings::rd_kafka_destroy_flags(
+                    consumer.client().native_ptr(),
+                    rdkafka::bindings::RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
+                );
+            }
+            std::mem::forget(consumer);
+        }
+    });
+    if tokio::time::timeout(settings.shutdown_timeout, teardown)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            component = settings.component,
+            "consumer teardown timed out"
+        );
+    }
+}
+
+/// Handles one message until it succeeds or is dead-lettered. Returns false
+/// if shutdown interrupted it before either.
+async fn handle_with_retries(
+    settings: &ConsumerSettings,
+    handler: &dyn MessageHandler,
+    dead_letters: &dyn MessagePublisher,
+    msg: &InboundMessage,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut attempt = 0u32;
+    let mut backoff = settings.initial_backoff;
+    loop {
+        let error = match handler.handle(msg).await {
+            Ok(()) => return true,
+            Err(HandleError::Poison(reason)) => Some(reason),
+            Err(HandleError::Unavailable(reason)) => {
+                tracing::warn!(component = settings.component, topic = %msg.topic_name, offset = msg.offset, %reason, "dependency unavailable; will retry");
+                None
+            }
+            Err(HandleError::Failed(e)) => {
+                attempt += 1;
+                if attempt >= settings.max_attempts {
+                    Some(format!("failed {attempt} times: {e:#}"))
+                } else {
+                    tracing::warn!(component = settings.component, topic = %msg.topic_name, offset = msg.offset, attempt, error = %format!("{e:#}"), "handling failed; will retry");
+                    None
+                }
+            }
+        };
+        if let Some(reason) = error {
+            return dead_letter(settings, dead_letters, msg, &reason, shutdown).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+async fn dead_letter(
+    settings: &ConsumerSettings,
+    dead_letters: &dyn MessagePublisher,
+    msg: &InboundMessage,
+    reason: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    tracing::error!(component = settings.component, topic = %msg.topic_name, partition = msg.partition, offset = msg.offset, %reason, "dead-lettering message");
+    let mut backoff = settings.initial_backoff;
+    loop {
+        match dead_letters.dead_letter(msg, reason).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, "cannot publish dead letter; will retry"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}

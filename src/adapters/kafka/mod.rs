@@ -1,0 +1,124 @@
+//! Kafka: topic creation, the producer (`MessagePublisher`) and the consumer
+//! loop that feeds messages to a `MessageHandler`.
+//!
+//! Everything speaks the plain Kafka protocol through librdkafka; nothing here
+//! depends on a particular broker. Latency-relevant client settings are
+//! configurable (see `KafkaSettings`).
+
+mod consumer;
+mod producer;
+mod topics;
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+pub use consumer::{ConsumerSettings, run_consumer};
+pub use producer::KafkaPublisher;
+pub use topics::{ensure_topics, guard_topics};
+
+use crate::application::messages::Topic;
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Prepended to every topic name.
+    pub topic_prefix: String,
+    /// Prepended to every consumer group id.
+    pub group_prefix: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// `fetch.wait.max.ms`: how long the broker may hold an empty fetch.
+    pub fetch_wait_max: Duration,
+    /// `linger.ms`: how long the producer waits to batch.
+    pub linger: Duration,
+    /// `message.timeout.ms`: how long a produce may take before it fails.
+    pub message_timeout: Duration,
+    /// `enable.idempotence` on the producer (see docs/stand-ins.md for when to turn it off).
+    pub idempotence: bool,
+    /// Send LeaveGroup when a consumer stops (a quick rebalance), or just go
+    /// and let the session time out (see docs/stand-ins.md).
+    pub leave_group_on_shutdown: bool,
+    /// Extra librdkafka properties applied to every client, e.g. security settings.
+    pub extra: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    pub fn topic(&self, topic: Topic) -> String {
+        format!("{}{}", self.topic_prefix, topic.name())
+    }
+
+    /// Maps a full topic name back to its logical topic.
+    pub fn logical(&self, name: &str) -> Option<Topic> {
+        name.strip_prefix(self.topic_prefix.as_str())
+            .and_then(Topic::from_name)
+    }
+
+    pub fn group(&self, component: &str) -> String {
+        format!("{}{}", self.group_prefix, component)
+    }
+
+    /// The settings shared by every client.
+    fn base_config(&self, client_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            .set("socket.nagle.disable", "true")
+            .set("topic.metadata.refresh.interval.ms", "10000");
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// Parses `key=value,key=value` into librdkafka properties. A piece without
+/// `=` continues the previous value, so list values work: `debug=cgrp,fetch`.
+pub fn parse_extra_config(input: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for piece in input.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match piece.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                pairs.push((k.trim().to_owned(), v.trim().to_owned()))
+            }
+            Some(_) => return Err(format!("{piece:?} has no key")),
+            None => match pairs.last_mut() {
+                Some((_, v)) => {
+                    v.push(',');
+                    v.push_str(piece);
+                }
+                None => return Err(format!("{piece:?} is not key=value")),
+            },
+        }
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_config_parses_pairs() {
+        assert_eq!(parse_extra_config("").unwrap(), vec![]);
+        assert_eq!(
+            parse_extra_config("security.protocol=SASL_SSL, sasl.mechanism=PLAIN").unwrap(),
+            vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "PLAIN".into())
+            ]
+        );
+        assert_eq!(
+            parse_extra_config("debug=cgrp,topic,acks=all").unwrap(),
+            vec![
+                ("debug".into(), "cgrp,topic".into()),
+                ("acks".into(), "all".into())
+            ]
+        );
+        assert!(parse_extra_config("novalue").is_err());
+        assert!(parse_extra_config("=x").is_err());
+    }
+}

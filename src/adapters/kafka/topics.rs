@@ -1,0 +1,142 @@
+//! Keeps the saga's topics in place: creates those that are missing and adds
+//! partitions to those that have fewer than configured.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use tokio_util::sync::CancellationToken;
+
+use super::KafkaSettings;
+use crate::application::messages::Topic;
+
+/// Makes every topic of the protocol exist with at least the configured
+/// number of partitions. Safe to call from every process, at any time: it
+/// reads the broker's metadata first and changes only what is missing (a
+/// broker that lost its data, or that created a topic on its own with its
+/// default partition count). Returns how many topics it created or grew.
+pub async fn ensure_topics(settings: &KafkaSettings) -> anyhow::Result<usize> {
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+        settings
+            .base_config("ordersaga-admin")
+            .create()
+            .context("cannot create the Kafka admin client")?,
+    );
+    let present: HashMap<String, usize> = {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || {
+            admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map(|md| {
+                    md.topics()
+                        .iter()
+                        .filter(|t| t.error().is_none())
+                        .map(|t| (t.name().to_owned(), t.partitions().len()))
+                        .collect()
+                })
+        })
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot read topic metadata from the Kafka brokers at {}",
+                settings.brokers
+            )
+        })?
+    };
+    let wanted = settings.partitions.max(1) as usize;
+    let names: Vec<String> = Topic::ALL.iter().map(|t| settings.topic(*t)).collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let mut changed = 0;
+
+    let missing: Vec<NewTopic> = names
+        .iter()
+        .filter(|n| !present.contains_key(*n))
+        .map(|n| {
+            NewTopic::new(
+                n,
+                wanted as i32,
+                TopicReplication::Fixed(settings.replication_factor),
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        let results = admin
+            .create_topics(missing.iter(), &options)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot create topics on the Kafka brokers at {}",
+                    settings.brokers
+                )
+            })?;
+        for result in results {
+            match result {
+                Ok(name) => {
+                    changed += 1;
+                    tracing::info!(topic = %name, partitions = wanted, "created topic");
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+            }
+        }
+    }
+
+    let short: Vec<NewPartitions> = names
+        .iter()
+        .filter(|n| present.get(*n).is_some_and(|count| *count < wanted))
+        .map(|n| NewPartitions::new(n, wanted))
+        .collect();
+    if !short.is_empty() {
+        let results = admin
+            .create_partitions(short.iter(), &options)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot add partitions on the Kafka brokers at {}",
+                    settings.brokers
+                )
+            })?;
+        for result in results {
+            match result {
+                Ok(name) => {
+                    changed += 1;
+                    tracing::warn!(topic = %name, partitions = wanted, "topic had fewer partitions than configured; added some");
+                }
+                Err((name, code)) => tracing::warn!(topic = %name, %code, "cannot add partitions"),
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Checks the topics every `interval` until `shutdown`, putting back what a
+/// broker lost (an in-memory broker restarted, a topic deleted by hand).
+pub async fn guard_topics(
+    settings: Arc<KafkaSettings>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match ensure_topics(&settings).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                topics = n,
+                "topics were missing or short on the broker; put them back"
+            ),
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "topic check failed (broker unreachable?)")
+            }
+        }
+    }
+}
