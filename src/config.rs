@@ -1,0 +1,748 @@
+//! Command line and environment: every setting has an environment variable
+//! and a default that works with the local stack (`make stack-up`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::adapters::kafka::{KafkaSettings, parse_extra_config};
+use crate::adapters::mongo::MongoSettings;
+use crate::adapters::postgres::PgSettings;
+use crate::adapters::user_api::UserApiSettings;
+use crate::application::relay::RelaySettings;
+use crate::domain::saga::UnavailablePolicy;
+use crate::domain::{Money, SagaPolicy};
+use crate::startup::{Roles, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordersaga",
+    version,
+    about = "Order validation as an orchestrated saga over Kafka",
+    long_about = "Order validation as an orchestrated saga over Kafka.\n\n\
+        An order placed over HTTP is stored PROCESSING in PostgreSQL; an orchestrator asks a user \
+        validator and a balance validator through Kafka and settles it APPROVED or CANCELED. Every \
+        saga event is appended to a MongoDB event log.\n\n\
+        Each subcommand runs one component; `all` runs every component in one process. Every \
+        option can be set with the environment variable shown next to it.",
+    after_help = "Logging: RUST_LOG sets the log filter (default: info); LOG_FORMAT=json for JSON lines."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every component in one process: API, relay, orchestrator, both validators and the stub user API.
+    All(AllArgs),
+    /// The HTTP API (with an embedded outbox relay unless RELAY_EMBEDDED=false).
+    Api(ApiArgs),
+    /// The orchestrator: consumes orders and replies, sends commands, settles orders, enforces deadlines.
+    Orchestrator(OrchestratorArgs),
+    /// The user validator: asks the user API whether an order's user is valid.
+    UserValidator(UserValidatorArgs),
+    /// The balance validator: checks an order's value against the balance limit.
+    BalanceValidator(BalanceValidatorArgs),
+    /// The outbox relay alone: publishes outbox messages to Kafka and copies events to MongoDB.
+    Relay(RelayOnlyArgs),
+    /// The stub user directory: GET /api/user/{id}; ids containing "invalid" are invalid.
+    UserApi(UserApiStubArgs),
+    /// Creates the database if needed and applies the migrations, then exits.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log output format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "PostgreSQL")]
+pub struct DbArgs {
+    /// PostgreSQL connection URL (the database is created if missing when migrating).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/ordersaga"
+    )]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_max_connections: u32,
+    /// Longest wait for a pooled connection, in ms.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
+    pub database_acquire_timeout_ms: u64,
+    /// Apply pending migrations at start.
+    #[arg(long, env = "DATABASE_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub database_migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Prefix of every topic name (topics: orders.created, user-validation.commands, ...).
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub kafka_topic_prefix: String,
+    /// Prefix of every consumer group id (groups: <prefix>orchestrator, <prefix>user-validator, ...).
+    #[arg(long, env = "KAFKA_GROUP_PREFIX", default_value = "ordersaga.")]
+    pub kafka_group_prefix: String,
+    /// Create missing topics at start.
+    #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kafka_create_topics: bool,
+    /// How often each process checks the topics and puts back missing ones (with KAFKA_CREATE_TOPICS), in ms.
+    #[arg(long, env = "KAFKA_TOPIC_CHECK_INTERVAL_MS", default_value_t = 10000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub kafka_topic_check_interval_ms: u64,
+    /// Partitions of topics created at start.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=10000))]
+    pub kafka_partitions: i32,
+    /// Replication factor of topics created at start.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub kafka_replication_factor: i32,
+    /// Consumer session timeout, in ms.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10000)]
+    pub kafka_session_timeout_ms: u64,
+    /// Consumer heartbeat interval, in ms.
+    #[arg(long, env = "KAFKA_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub kafka_heartbeat_interval_ms: u64,
+    /// fetch.wait.max.ms: how long the broker may hold a fetch; lower means lower latency.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 10)]
+    pub kafka_fetch_wait_max_ms: u64,
+    /// linger.ms: how long the producer waits to fill a batch.
+    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 0)]
+    pub kafka_linger_ms: u64,
+    /// message.timeout.ms: how long a produce may take before it fails and is retried from the outbox.
+    #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 10000)]
+    pub kafka_message_timeout_ms: u64,
+    /// Idempotent producer (enable.idempotence): no duplicates or reordering from client retries.
+    #[arg(long, env = "KAFKA_IDEMPOTENCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kafka_idempotence: bool,
+    /// Send LeaveGroup when a consumer stops gracefully (faster rebalance); false: just go, as a crash would.
+    #[arg(long, env = "KAFKA_LEAVE_GROUP_ON_SHUTDOWN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kafka_leave_group_on_shutdown: bool,
+    /// Extra librdkafka properties for every client, as key=value,key=value (e.g. security settings).
+    #[arg(long, env = "KAFKA_EXTRA_CONFIG", default_value = "")]
+    pub kafka_extra_config: String,
+    /// Attempts for a message whose handling keeps failing before it is dead-lettered.
+    #[arg(long, env = "CONSUMER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub consumer_max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "MongoDB")]
+pub struct MongoArgs {
+    /// MongoDB connection URI.
+    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    pub mongodb_uri: String,
+    /// Database holding the event log (collection saga_events).
+    #[arg(long, env = "MONGODB_DATABASE", default_value = "ordersaga")]
+    pub mongodb_database: String,
+    /// How long an operation waits for a reachable server, in ms.
+    #[arg(long, env = "MONGODB_TIMEOUT_MS", default_value_t = 5000)]
+    pub mongodb_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Port of the API.
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// How long a started idempotency key is remembered, in hours.
+    #[arg(long, env = "IDEMPOTENCY_KEY_TTL_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=8760))]
+    pub idempotency_key_ttl_hours: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Saga")]
+pub struct SagaArgs {
+    /// How long a validation step waits for its first reply, in ms.
+    #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub step_timeout_ms: u64,
+    /// Attempts per validation step (first send included) before the order is CANCELED with VALIDATION_TIMEOUT.
+    #[arg(long, env = "STEP_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub step_max_attempts: u32,
+    /// Each retry waits this many times longer than the attempt before it.
+    #[arg(long, env = "STEP_BACKOFF_FACTOR", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub step_backoff_factor: u32,
+    /// What to do when the user API is down: cancel (USER_API_UNAVAILABLE) or wait until SAGA_DEADLINE_MS.
+    #[arg(long, env = "USER_API_FAILURE_POLICY", default_value = "cancel")]
+    pub user_api_failure_policy: FailurePolicy,
+    /// With the wait policy: pause before asking the user validator again, in ms (doubles per attempt, up to 16x).
+    #[arg(long, env = "USER_API_WAIT_RETRY_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub user_api_wait_retry_ms: u64,
+    /// With the wait policy: longest a saga may wait for the user API, in ms from its start.
+    #[arg(long, env = "SAGA_DEADLINE_MS", default_value_t = 60000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub saga_deadline_ms: u64,
+    /// How often the orchestrator looks for due deadlines, in ms.
+    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sweep_interval_ms: u64,
+    /// A PROCESSING order whose saga has not started after this long is started by the sweeper, in ms.
+    #[arg(long, env = "SAGA_START_GRACE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub saga_start_grace_ms: u64,
+    /// How long the orchestrator remembers processed message ids (to drop redeliveries), in hours.
+    #[arg(long, env = "PROCESSED_MESSAGE_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..))]
+    pub processed_message_retention_hours: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FailurePolicy {
+    Cancel,
+    Wait,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "User API client")]
+pub struct UserApiClientArgs {
+    /// Base URL of the user directory; users are read at <url>/api/user/<id>.
+    #[arg(long, env = "USER_API_URL", default_value = "http://127.0.0.1:8001")]
+    pub user_api_url: String,
+    /// Timeout of one user API request, in ms.
+    #[arg(long, env = "USER_API_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub user_api_timeout_ms: u64,
+    /// Retries of a failed user API request (timeouts, connection errors, 5xx).
+    #[arg(long, env = "USER_API_RETRIES", default_value_t = 2)]
+    pub user_api_retries: usize,
+    /// First retry delay, in ms (doubles, with jitter).
+    #[arg(long, env = "USER_API_RETRY_DELAY_MS", default_value_t = 100)]
+    pub user_api_retry_delay_ms: u64,
+    /// Failed lookups in a row that open the circuit breaker (0 disables it).
+    #[arg(long, env = "USER_API_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub user_api_breaker_threshold: u32,
+    /// How long an open circuit fails fast before one trial lookup, in ms.
+    #[arg(long, env = "USER_API_BREAKER_COOLDOWN_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub user_api_breaker_cooldown_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Balance")]
+pub struct BalanceArgs {
+    /// Highest order value accepted (inclusive).
+    #[arg(long, env = "BALANCE_LIMIT", default_value = "10000.00", value_parser = parse_money)]
+    pub balance_limit: Money,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Outbox relay")]
+pub struct RelayArgs {
+    /// Outbox rows per transaction.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub relay_batch_size: u32,
+    /// Longest wait between outbox polls when no notification arrives, in ms.
+    #[arg(long, env = "RELAY_IDLE_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub relay_idle_poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmbeddedRelay {
+    /// Run an outbox relay inside this process too (relays can run side by side).
+    #[arg(long, env = "RELAY_EMBEDDED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay_embedded: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Stub user API")]
+pub struct StubArgs {
+    /// Port of the stub user API.
+    #[arg(long, env = "USER_API_PORT", default_value_t = 8001)]
+    pub user_api_port: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownArgs {
+    /// On SIGTERM: how long /ready reports draining before work stops, in ms.
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 0)]
+    pub shutdown_drain_ms: u64,
+    /// On SIGTERM: longest wait for in-flight work to finish, in ms.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub saga: SagaArgs,
+    #[command(flatten)]
+    pub user_api: UserApiClientArgs,
+    #[command(flatten)]
+    pub balance: BalanceArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    #[command(flatten)]
+    pub stub: StubArgs,
+    /// Also serve the stub user API (turn off when USER_API_URL points at a real one).
+    #[arg(long, env = "USER_API_STUB", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Stub user API")]
+    pub user_api_stub: bool,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub embedded: EmbeddedRelay,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OrchestratorArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub saga: SagaArgs,
+    #[command(flatten)]
+    pub embedded: EmbeddedRelay,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UserValidatorArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub user_api: UserApiClientArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BalanceValidatorArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub balance: BalanceArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayOnlyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UserApiStubArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    #[command(flatten)]
+    pub stub: StubArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL connection URL (the database is created if missing).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/ordersaga"
+    )]
+    pub database_url: String,
+}
+
+fn parse_money(s: &str) -> Result<Money, String> {
+    Money::parse(s).map_err(|e| format!("{s:?} {e}"))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl DbArgs {
+    fn settings(&self) -> PgSettings {
+        PgSettings {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            acquire_timeout: ms(self.database_acquire_timeout_ms),
+        }
+    }
+}
+
+impl KafkaArgs {
+    fn settings(&self) -> Result<KafkaSettings, String> {
+        if self.kafka_brokers.trim().is_empty() {
+            return Err("KAFKA_BROKERS must name at least one broker".into());
+        }
+        if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms {
+            return Err(
+                "KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS".into(),
+            );
+        }
+        Ok(KafkaSettings {
+            brokers: self.kafka_brokers.clone(),
+            topic_prefix: self.kafka_topic_prefix.clone(),
+            group_prefix: self.kafka_group_prefix.clone(),
+            partitions: self.kafka_partitions,
+            replication_factor: self.kafka_replication_factor,
+            session_timeout: ms(self.kafka_session_timeout_ms),
+            heartbeat_interval: ms(self.kafka_heartbeat_interval_ms),
+            fetch_wait_max: ms(self.kafka_fetch_wait_max_ms),
+            linger: ms(self.kafka_linger_ms),
+            message_timeout: ms(self.kafka_message_timeout_ms),
+            idempotence: self.kafka_idempotence,
+            leave_group_on_shutdown: self.kafka_leave_group_on_shutdown,
+            extra: parse_extra_config(&self.kafka_extra_config)
+                .map_err(|e| format!("KAFKA_EXTRA_CONFIG: {e}"))?,
+        })
+    }
+}
+
+impl MongoArgs {
+    fn settings(&self) -> MongoSettings {
+        MongoSettings {
+            uri: self.mongodb_uri.clone(),
+            database: self.mongodb_database.clone(),
+            timeout: ms(self.mongodb_timeout_ms),
+        }
+    }
+}
+
+impl SagaArgs {
+    fn policy(&self) -> SagaPolicy {
+        let d = |n: u64| chrono::Duration::milliseconds(n.min(i64::MAX as u64) as i64);
+        SagaPolicy {
+            step_timeout: d(self.step_timeout_ms),
+            max_attempts: self.step_max_attempts,
+            backoff_factor: self.step_backoff_factor,
+            retry_delay: d(self.user_api_wait_retry_ms),
+            saga_deadline: d(self.saga_deadline_ms),
+            on_unavailable: match self.user_api_failure_policy {
+                FailurePolicy::Cancel => UnavailablePolicy::Cancel,
+                FailurePolicy::Wait => UnavailablePolicy::Wait,
+            },
+        }
+    }
+}
+
+impl UserApiClientArgs {
+    fn settings(&self) -> UserApiSettings {
+        UserApiSettings {
+            base_url: self.user_api_url.clone(),
+            timeout: ms(self.user_api_timeout_ms),
+            retries: self.user_api_retries,
+            retry_delay: ms(self.user_api_retry_delay_ms),
+            breaker_threshold: self.user_api_breaker_threshold,
+            breaker_cooldown: ms(self.user_api_breaker_cooldown_ms),
+        }
+    }
+}
+
+impl RelayArgs {
+    fn settings(&self) -> RelaySettings {
+        RelaySettings {
+            batch_size: self.relay_batch_size,
+            idle_poll: ms(self.relay_idle_poll_ms),
+            ..RelaySettings::default()
+        }
+    }
+}
+
+/// Settings for a run; components the roles do not use keep their defaults.
+fn base(shutdown: &ShutdownArgs) -> Settings {
+    Settings {
+        shutdown_drain: ms(shutdown.shutdown_drain_ms),
+        shutdown_timeout: ms(shutdown.shutdown_timeout_ms),
+        ..Settings::default()
+    }
+}
+
+impl Command {
+    /// What this subcommand runs, and with which settings.
+    pub fn plan(&self) -> Result<(Roles, Settings), String> {
+        Ok(match self {
+            Command::All(a) => {
+                let mut s = base(&a.shutdown);
+                s.db = a.db.settings();
+                s.migrate_on_start = a.db.database_migrate_on_start;
+                s.kafka = a.kafka.settings()?;
+                s.create_topics = a.kafka.kafka_create_topics;
+                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
+                s.consumer_max_attempts = a.kafka.consumer_max_attempts;
+                s.mongo = a.mongo.settings();
+                s.http_addr = SocketAddr::new(a.http.host, a.http.port);
+                s.idempotency_ttl =
+                    chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
+                s.saga = a.saga.policy();
+                s.sweep_interval = ms(a.saga.sweep_interval_ms);
+                s.start_grace = chrono::Duration::milliseconds(a.saga.saga_start_grace_ms as i64);
+                s.processed_retention =
+                    chrono::Duration::hours(a.saga.processed_message_retention_hours.into());
+                s.user_api = a.user_api.settings();
+                s.balance_limit = a.balance.balance_limit;
+                s.relay = a.relay.settings();
+                s.stub_addr = SocketAddr::new(a.http.host, a.stub.user_api_port);
+                (Roles::all(a.user_api_stub), s)
+            }
+            Command::Api(a) => {
+                let mut s = base(&a.shutdown);
+                s.db = a.db.settings();
+                s.migrate_on_start = a.db.database_migrate_on_start;
+                s.kafka = a.kafka.settings()?;
+                s.create_topics = a.kafka.kafka_create_topics;
+                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
+                s.mongo = a.mongo.settings();
+                s.http_addr = SocketAddr::new(a.http.host, a.http.port);
+                s.idempotency_ttl =
+                    chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
+                s.relay = a.relay.settings();
+                (
+                    Roles {
+                        api: true,
+                        relay: a.embedded.relay_embedded,
+                        ..Roles::none()
+                    },
+                    s,
+                )
+            }
+            Command::Orchestrator(a) => {
+                let mut s = base(&a.shutdown);
+                s.db = a.db.settings();
+                s.migrate_on_start = a.db.database_migrate_on_start;
+                s.kafka = a.kafka.settings()?;
+                s.create_topics = a.kafka.kafka_create_topics;
+                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
+                s.consumer_max_attempts = a.kafka.consumer_max_attempts;
+                s.mongo = a.mongo.settings();
+                s.saga = a.saga.policy();
+                s.sweep_interval = ms(a.saga.sweep_interval_ms);
+                s.start_grace = chrono::Duration::milliseconds(a.saga.saga_start_grace_ms as i64);
+                s.processed_retention =
+                    chrono::Duration::hours(a.saga.processed_message_retention_hours.into());
+                s.relay = a.relay.settings();
+                (
+                    Roles {
+                        orchestrator: true,
+                        relay: a.embedded.relay_embedded,
+                        ..Roles::none()
+                    },
+                    s,
+                )
+            }
+            Command::UserValidator(a) => {
+                let mut s = base(&a.shutdown);
+                s.kafka = a.kafka.settings()?;
+                s.create_topics = a.kafka.kafka_create_topics;
+                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
+                s.consumer_max_attempts = a.kafka.consumer_max_attempts;
+                s.user_api = a.user_api.settings();
+                (
+                    Roles {
+                        user_validator: true,
+                        ..Roles::none()
+                    },
+                    s,
+                )
+            }
+            Command::BalanceValidator(a) => {
+                let mut s = base(&a.shutdown);
+                s.kafka = a.kafka.settings()?;
+                s.create_topics = a.kafka.kafka_create_topics;
+                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
+                s.consumer_max_attempts = a.kafka.consumer_max_attempts;
+                s.balance_limit = a.balance.balance_limit;
+                (
+                    Roles {
+                        balance_validator: true,
+                        ..Roles::none()
+                    },
+                    s,
+                )
+            }
+            Command::Relay(a) => {
+                let mut s = base(&a.shutdown);
+                s.db = a.db.settings();
+                s.migrate_on_start = a.db.database_migrate_on_start;
+                s.kafka = a.kafka.settings()?;
+                s.create_topics = a.kafka.kafka_create_topics;
+                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
+                s.mongo = a.mongo.settings();
+                s.relay = a.relay.settings();
+                (
+                    Roles {
+                        relay: true,
+                        ..Roles::none()
+                    },
+                    s,
+                )
+            }
+            Command::UserApi(a) => {
+                let mut s = base(&a.shutdown);
+                s.stub_addr = SocketAddr::new(a.host, a.stub.user_api_port);
+                (
+                    Roles {
+                        user_api_stub: true,
+                        ..Roles::none()
+                    },
+                    s,
+                )
+            }
+            Command::Migrate(_) => return Err("migrate runs no components".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_help_names_its_env_vars_and_defaults() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("all")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for var in [
+            "DATABASE_URL",
+            "KAFKA_BROKERS",
+            "KAFKA_TOPIC_PREFIX",
+            "MONGODB_URI",
+            "USER_API_URL",
+            "PORT",
+            "BALANCE_LIMIT",
+            "STEP_TIMEOUT_MS",
+            "USER_API_FAILURE_POLICY",
+        ] {
+            assert!(
+                help.contains(&format!("env: {var}=")),
+                "all --help lacks {var}"
+            );
+        }
+        assert!(help.contains("[default: 10000.00]"));
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_the_variable_named() {
+        let err = Cli::try_parse_from(["ordersaga", "all", "--balance-limit=-3"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--balance-limit") && err.contains("must be greater than 0"),
+            "{err}"
+        );
+        let cli =
+            Cli::try_parse_from(["ordersaga", "all", "--kafka-heartbeat-interval-ms", "20000"])
+                .unwrap();
+        assert!(
+            cli.command
+                .plan()
+                .unwrap_err()
+                .contains("KAFKA_HEARTBEAT_INTERVAL_MS")
+        );
+        let cli =
+            Cli::try_parse_from(["ordersaga", "all", "--kafka-extra-config", "nonsense"]).unwrap();
+        assert!(
+            cli.command
+                .plan()
+                .unwrap_err()
+                .contains("KAFKA_EXTRA_CONFIG")
+        );
+    }
+
+    #[test]
+    fn the_readme_documents_every_environment_variable() {
+        let readme = include_str!("../README.md");
+        let cmd = Cli::command();
+        let mut vars: Vec<(String, String)> = Vec::new();
+        for sub in cmd.get_subcommands().chain(std::iter::once(&cmd)) {
+            for arg in sub.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    let default = arg
+                        .get_default_values()
+                        .first()
+                        .map(|d| d.to_string_lossy().into_owned());
+                    let shown = match default.as_deref() {
+                        None | Some("") => "(empty)".to_string(),
+                        Some(d) => format!("`{d}`"),
+                    };
+                    vars.push((env.to_string_lossy().into_owned(), shown));
+                }
+            }
+        }
+        vars.sort();
+        vars.dedup();
+        assert!(vars.len() > 30, "{vars:?}");
+        let wrong: Vec<_> = vars
+            .iter()
+            .filter(|(v, d)| !readme.contains(&format!("| `{v}` | {d} |")))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "README's configuration table lacks or misstates {wrong:?}"
+        );
+    }
+
+    #[test]
+    fn all_plans_every_role() {
+        let cli = Cli::try_parse_from(["ordersaga", "all"]).unwrap();
+        let (roles, _) = cli.command.plan().unwrap();
+        assert!(
+            roles.api
+                && roles.relay
+                && roles.orchestrator
+                && roles.user_validator
+                && roles.balance_validator
+        );
+    }
+}

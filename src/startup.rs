@@ -1,0 +1,474 @@
+//! Wiring: builds the adapters a set of roles needs, starts the components
+//! and stops them in order. `main` and the black-box tests both start the
+//! system through here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::http::{self, AppState};
+use crate::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
+use crate::adapters::mongo::{MongoEventLog, MongoSettings};
+use crate::adapters::postgres::{PgSettings, PgStore};
+use crate::adapters::user_api::{self, HttpUserDirectory, UserApiSettings};
+use crate::application::health::{Dependency, Readiness};
+use crate::application::messages::Topic;
+use crate::application::orchestrator::Orchestrator;
+use crate::application::orders::OrderService;
+use crate::application::ports::{EventLog, MessageHandler, MessagePublisher};
+use crate::application::relay::{Relay, RelaySettings};
+use crate::application::validators::{BalanceValidator, UserValidator};
+use crate::domain::{Money, SagaPolicy};
+
+/// Which components a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub relay: bool,
+    pub orchestrator: bool,
+    pub user_validator: bool,
+    pub balance_validator: bool,
+    pub user_api_stub: bool,
+}
+
+impl Roles {
+    pub fn none() -> Self {
+        Self {
+            api: false,
+            relay: false,
+            orchestrator: false,
+            user_validator: false,
+            balance_validator: false,
+            user_api_stub: false,
+        }
+    }
+
+    pub fn all(with_stub: bool) -> Self {
+        Self {
+            api: true,
+            relay: true,
+            orchestrator: true,
+            user_validator: true,
+            balance_validator: true,
+            user_api_stub: with_stub,
+        }
+    }
+
+    fn postgres(&self) -> bool {
+        self.api || self.relay || self.orchestrator
+    }
+
+    fn kafka(&self) -> bool {
+        self.api || self.relay || self.orchestrator || self.user_validator || self.balance_validator
+    }
+
+    fn mongo(&self) -> bool {
+        self.api || self.relay
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub db: PgSettings,
+    pub migrate_on_start: bool,
+    pub kafka: KafkaSettings,
+    pub create_topics: bool,
+    /// How often each process checks that the topics are still there.
+    pub topic_check_interval: Duration,
+    pub consumer_max_attempts: u32,
+    pub mongo: MongoSettings,
+    pub http_addr: SocketAddr,
+    pub stub_addr: SocketAddr,
+    pub idempotency_ttl: chrono::Duration,
+    pub saga: SagaPolicy,
+    pub sweep_interval: Duration,
+    pub start_grace: chrono::Duration,
+    /// How long processed message ids are kept for deduplication.
+    pub processed_retention: chrono::Duration,
+    pub user_api: UserApiSettings,
+    pub balance_limit: Money,
+    pub relay: RelaySettings,
+    /// How long /ready reports draining before work stops.
+    pub shutdown_drain: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            db: PgSettings {
+                url: "postgres://postgres@127.0.0.1:5432/ordersaga".into(),
+                max_connections: 16,
+                acquire_timeout: Duration::from_secs(5),
+            },
+            migrate_on_start: true,
+            kafka: KafkaSettings {
+                brokers: "127.0.0.1:9092".into(),
+                topic_prefix: String::new(),
+                group_prefix: "ordersaga.".into(),
+                partitions: 6,
+                replication_factor: 1,
+                session_timeout: Duration::from_secs(10),
+                heartbeat_interval: Duration::from_secs(1),
+                fetch_wait_max: Duration::from_millis(10),
+                linger: Duration::ZERO,
+                message_timeout: Duration::from_secs(10),
+                idempotence: true,
+                leave_group_on_shutdown: true,
+                extra: vec![],
+            },
+            create_topics: true,
+            topic_check_interval: Duration::from_secs(10),
+            consumer_max_attempts: 5,
+            mongo: MongoSettings {
+                uri: "mongodb://127.0.0.1:27017".into(),
+                database: "ordersaga".into(),
+                timeout: Duration::from_secs(5),
+            },
+            http_addr: "0.0.0.0:8000".parse().expect("valid"),
+            stub_addr: "0.0.0.0:8001".parse().expect("valid"),
+            idempotency_ttl: chrono::Duration::hours(24),
+            saga: SagaPolicy::default(),
+            sweep_interval: Duration::from_millis(250),
+            start_grace: chrono::Duration::seconds(5),
+            processed_retention: chrono::Duration::days(7),
+            user_api: UserApiSettings {
+                base_url: "http://127.0.0.1:8001".into(),
+                timeout: Duration::from_secs(2),
+                retries: 2,
+                retry_delay: Duration::from_millis(100),
+                breaker_threshold: 5,
+                breaker_cooldown: Duration::from_secs(5),
+            },
+            balance_limit: Money::parse("10000.00").expect("valid"),
+            relay: RelaySettings::default(),
+            shutdown_drain: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A started process: its addresses, and how to stop it.
+pub struct Running {
+    pub api_addr: Option<SocketAddr>,
+    pub stub_addr: Option<SocketAddr>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    publisher: Option<KafkaPublisher>,
+    settings: Settings,
+}
+
+/// Retries `f` until it succeeds or `within` passes, then fails with its last error.
+async fn retry_start<T, F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "{what} did not succeed within {} s",
+                    within.as_secs()
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// How often the orchestrator purges old processed ids and expired idempotency keys.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// How long start-up waits for each dependency before giving up.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> {
+    let shutdown = CancellationToken::new();
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let mut dependencies = Vec::new();
+
+    // The stub goes first so a user validator in the same process can reach it.
+    let mut stub_addr = None;
+    if roles.user_api_stub {
+        let listener = tokio::net::TcpListener::bind(settings.stub_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the stub user API (USER_API_PORT)",
+                    settings.stub_addr
+                )
+            })?;
+        stub_addr = Some(listener.local_addr()?);
+        let token = shutdown.clone();
+        let grace = settings.shutdown_timeout;
+        tasks.spawn(async move {
+            (
+                "user-api",
+                http::serve(listener, user_api::stub_router(), token, grace).await,
+            )
+        });
+        tracing::info!(addr = %stub_addr.unwrap(), "stub user API listening");
+    }
+
+    let store = if roles.postgres() {
+        if settings.migrate_on_start {
+            let url = settings.db.url.clone();
+            retry_start("database migration", START_PATIENCE, || {
+                PgStore::migrate(&url)
+            })
+            .await?;
+        }
+        let store = PgStore::connect_lazy(&settings.db)?;
+        dependencies.push(Dependency::Postgres(Arc::new(store.clone())));
+        Some(store)
+    } else {
+        None
+    };
+
+    let kafka_settings = Arc::new(settings.kafka.clone());
+    let publisher = if roles.kafka() {
+        if settings.create_topics {
+            let k = kafka_settings.clone();
+            retry_start("Kafka topic creation", START_PATIENCE, || {
+                let k = k.clone();
+                async move { kafka::ensure_topics(&k).await }
+            })
+            .await?;
+            tokio::spawn(kafka::guard_topics(
+                kafka_settings.clone(),
+                settings.topic_check_interval,
+                shutdown.clone(),
+            ));
+        }
+        let publisher = KafkaPublisher::new(kafka_settings.clone(), "ordersaga")?;
+        dependencies.push(Dependency::Kafka(Arc::new(publisher.clone())));
+        Some(publisher)
+    } else {
+        None
+    };
+
+    let event_log = if roles.mongo() {
+        let log = MongoEventLog::connect(&settings.mongo).await?;
+        dependencies.push(Dependency::MongoDb(Arc::new(log.clone())));
+        // The index is created in the background: a MongoDB outage must not stop the saga.
+        let l = log.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match l.ensure_indexes().await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create the event log index yet; retrying")
+                    }
+                }
+                tokio::select! { _ = token.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+        Some(log)
+    } else {
+        None
+    };
+
+    let readiness = Arc::new(Readiness::new(dependencies, Duration::from_secs(3)));
+
+    if roles.relay || roles.api {
+        let store = store.clone().expect("postgres is set up for these roles");
+        let token = shutdown.clone();
+        tokio::spawn(store.listen_for_outbox(token));
+    }
+
+    if roles.relay {
+        let relay = Arc::new(Relay::new(
+            Arc::new(store.clone().expect("postgres")),
+            Arc::new(publisher.clone().expect("kafka")),
+            Arc::new(event_log.clone().expect("mongo")) as Arc<dyn EventLog>,
+            settings.relay,
+        ));
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            relay.run(token).await;
+            ("relay", Ok(()))
+        });
+    }
+
+    let consumer =
+        |component: &'static str, topics: Vec<Topic>, handler: Arc<dyn MessageHandler>| {
+            let mut cs = ConsumerSettings::new(component, topics);
+            cs.max_attempts = settings.consumer_max_attempts;
+            cs.shutdown_timeout = settings.shutdown_timeout;
+            let dlq: Arc<dyn MessagePublisher> = Arc::new(publisher.clone().expect("kafka"));
+            let k = kafka_settings.clone();
+            let token = shutdown.clone();
+            async move {
+                (
+                    component,
+                    kafka::run_consumer(k, cs, handler, dlq, token).await,
+                )
+            }
+        };
+
+    if roles.orchestrator {
+        let orchestrator = Arc::new(Orchestrator::new(
+            Arc::new(store.clone().expect("postgres")),
+            settings.saga,
+            settings.start_grace,
+        ));
+        tasks.spawn(consumer(
+            "orchestrator",
+            vec![
+                Topic::OrdersCreated,
+                Topic::UserValidationReplies,
+                Topic::BalanceValidationReplies,
+            ],
+            orchestrator.clone(),
+        ));
+        let token = shutdown.clone();
+        let interval = settings.sweep_interval;
+        let retention = settings.processed_retention;
+        tasks.spawn(async move {
+            let mut next_housekeeping = tokio::time::Instant::now();
+            loop {
+                match orchestrator.sweep(100).await {
+                    Ok(100) => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "deadline sweep failed"),
+                }
+                if tokio::time::Instant::now() >= next_housekeeping {
+                    match orchestrator.housekeeping(retention).await {
+                        Ok(n) if n > 0 => tracing::info!(rows = n, "purged old processed ids and expired idempotency keys"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+                    }
+                    next_housekeeping += HOUSEKEEPING_EVERY;
+                }
+                tokio::select! { _ = token.cancelled() => return ("sweeper", Ok(())), _ = tokio::time::sleep(interval) => {} }
+            }
+        });
+    }
+
+    if roles.user_validator {
+        let directory = Arc::new(HttpUserDirectory::new(settings.user_api.clone())?);
+        let validator = Arc::new(UserValidator::new(
+            directory,
+            Arc::new(publisher.clone().expect("kafka")),
+        ));
+        tasks.spawn(consumer(
+            "user-validator",
+            vec![Topic::UserValidationCommands],
+            validator,
+        ));
+    }
+
+    if roles.balance_validator {
+        let validator = Arc::new(BalanceValidator::new(
+            settings.balance_limit,
+            Arc::new(publisher.clone().expect("kafka")),
+        ));
+        tasks.spawn(consumer(
+            "balance-validator",
+            vec![Topic::BalanceValidationCommands],
+            validator,
+        ));
+    }
+
+    let mut api_addr = None;
+    if roles.api {
+        let orders = Arc::new(OrderService::new(
+            Arc::new(store.clone().expect("postgres")),
+            Arc::new(event_log.clone().expect("mongo")),
+            settings.idempotency_ttl,
+        ));
+        let app = http::router(AppState {
+            orders,
+            readiness: readiness.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the API (HOST/PORT)",
+                    settings.http_addr
+                )
+            })?;
+        api_addr = Some(listener.local_addr()?);
+        let token = shutdown.clone();
+        let grace = settings.shutdown_timeout;
+        tasks.spawn(async move { ("api", http::serve(listener, app, token, grace).await) });
+        tracing::info!(addr = %api_addr.unwrap(), "API listening");
+    }
+
+    Ok(Running {
+        api_addr,
+        stub_addr,
+        readiness,
+        shutdown,
+        tasks,
+        publisher,
+        settings,
+    })
+}
+
+impl Running {
+    /// Runs until a component fails or `stop_signal` fires, then shuts down in order.
+    pub async fn run_until(
+        mut self,
+        stop_signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(stop_signal);
+        let failure = tokio::select! {
+            _ = &mut stop_signal => None,
+            Some(done) = self.tasks.join_next() => Some(match done {
+                Ok((name, Ok(()))) => anyhow::anyhow!("{name} stopped unexpectedly"),
+                Ok((name, Err(e))) => e.context(format!("{name} failed")),
+                Err(e) => anyhow::anyhow!("a component panicked: {e}"),
+            }),
+        };
+        self.stop().await;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Graceful stop: report draining, stop taking work, let in-flight work
+    /// finish (bounded), commit offsets, flush the producer.
+    pub async fn stop(mut self) {
+        self.readiness.start_draining();
+        if !self.settings.shutdown_drain.is_zero() {
+            tokio::time::sleep(self.settings.shutdown_drain).await;
+        }
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+            match done {
+                Ok((name, Err(e))) => {
+                    tracing::warn!(component = name, error = %format!("{e:#}"), "stopped with an error")
+                }
+                Ok((name, Ok(()))) => tracing::debug!(component = name, "stopped"),
+                Err(e) => tracing::warn!(error = %e, "a component panicked while stopping"),
+            }
+        }
+        if !self.tasks.is_empty() {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "components still busy at the shutdown timeout; aborting them"
+            );
+            self.tasks.abort_all();
+        }
+        if let Some(p) = self.publisher.take() {
+            let timeout = self.settings.shutdown_timeout;
+            let _ = tokio::task::spawn_blocking(move || p.flush(timeout)).await;
+        }
+        tracing::info!("stopped");
+    }
+}
