@@ -1,0 +1,734 @@
+//! Shared test support: isolated databases, topic prefixes and Mongo
+//! databases on the real servers, a polling helper, and a way to start the
+//! `ordersaga` binary as a black box.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ordersaga::adapters::kafka::KafkaSettings;
+use ordersaga::adapters::mongo::{MongoEventLog, MongoSettings};
+use ordersaga::adapters::postgres::PgStore;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use uuid::Uuid;
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/ordersaga".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn mongodb_uri() -> String {
+    std::env::var("MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
+}
+
+/// A short unique name for this test's resources.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A database of its own for one test, migrated, dropped when the guard goes.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub store: PgStore,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let base: PgConnectOptions = database_url().parse().expect("DATABASE_URL parses");
+        let name = unique("ordersaga_t_");
+        let url = {
+            let mut u = url::Url::parse(&database_url()).expect("DATABASE_URL is a URL");
+            u.set_path(&name);
+            u.to_string()
+        };
+        let mut admin = PgConnection::connect_with(&base.clone().database("postgres"))
+            .await
+            .expect("PostgreSQL must be up: run `make stack-up`");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(base.database(&name))
+            .await
+            .unwrap();
+        ordersaga::adapters::postgres::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("migrations apply");
+        Self {
+            name,
+            url,
+            store: PgStore::from_pool(pool),
+        }
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.store.pool()
+    }
+}
+
+impl TestDb {
+    /// Drops the database now (also done when the guard goes).
+    pub fn drop_now(&self) {
+        let name = self.name.clone();
+        // The test's runtime may be blocked here (Drop): clean up on a thread and
+        // runtime of its own, with fresh connections (FORCE ends the pool's).
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let base: PgConnectOptions = database_url().parse().unwrap();
+                if let Ok(mut admin) = PgConnection::connect_with(&base.database("postgres")).await
+                {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.drop_now();
+    }
+}
+
+/// Kafka settings with a topic and group prefix of the test's own and the fast test timings.
+pub fn kafka_settings() -> Arc<KafkaSettings> {
+    kafka_settings_at(&kafka_brokers())
+}
+
+pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
+    let prefix = unique("t");
+    Arc::new(KafkaSettings {
+        brokers: brokers.into(),
+        topic_prefix: format!("{prefix}."),
+        group_prefix: format!("{prefix}."),
+        partitions: 3,
+        replication_factor: 1,
+        session_timeout: Duration::from_millis(6000),
+        heartbeat_interval: Duration::from_millis(500),
+        fetch_wait_max: Duration::from_millis(10),
+        linger: Duration::ZERO,
+        message_timeout: Duration::from_secs(10),
+        // The stand-in broker forgets producer ids when it restarts and strands a
+        // group whose leader leaves mid-rebalance (docs/stand-ins.md).
+        idempotence: false,
+        leave_group_on_shutdown: false,
+        extra: vec![],
+    })
+}
+
+/// A Mongo database of the test's own, dropped when the guard goes.
+pub struct TestMongo {
+    pub settings: MongoSettings,
+    pub log: MongoEventLog,
+}
+
+impl TestMongo {
+    pub async fn new() -> Self {
+        Self::at(&mongodb_uri()).await
+    }
+
+    pub async fn at(uri: &str) -> Self {
+        let settings = MongoSettings {
+            uri: uri.into(),
+            database: unique("ordersaga_t_"),
+            timeout: Duration::from_secs(5),
+        };
+        let log = MongoEventLog::connect(&settings)
+            .await
+            .expect("mongo client");
+        log.ensure_indexes()
+            .await
+            .expect("MongoDB must be up: run `make stack-up`");
+        Self { settings, log }
+    }
+}
+
+impl TestMongo {
+    /// Drops the Mongo database now (also done when the guard goes).
+    pub fn drop_now(&self) {
+        let settings = self.settings.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(client) = mongodb::Client::with_uri_str(&settings.uri).await {
+                    let db = client.database(&settings.database);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), db.drop()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+impl Drop for TestMongo {
+    fn drop(&mut self) {
+        self.drop_now();
+    }
+}
+
+/// A free TCP port on loopback (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `ordersaga` binary running as a child process, killed when dropped.
+pub struct Process {
+    pub name: String,
+    child: Child,
+}
+
+impl Process {
+    pub fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Self {
+        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log_path = log_dir.join(format!("{}.log", unique(&format!("{name}-"))));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let log_level = std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
+        let child = Command::new(env!("CARGO_BIN_EXE_ordersaga"))
+            .args(args)
+            .env("RUST_LOG", log_level)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("the ordersaga binary starts");
+        eprintln!(
+            "started {name} (pid {}), log: {}",
+            child.id(),
+            log_path.display()
+        );
+        Self {
+            name: name.into(),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How the process ended, if it did.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Everything a whole-system run needs: its own database, topics, groups and Mongo database.
+pub struct SystemEnv {
+    pub db: TestDb,
+    pub mongo: TestMongo,
+    pub kafka: Arc<KafkaSettings>,
+}
+
+impl SystemEnv {
+    pub async fn new() -> Self {
+        Self {
+            db: TestDb::new().await,
+            mongo: TestMongo::new().await,
+            kafka: kafka_settings(),
+        }
+    }
+
+    /// A system on private servers (either may be `None` for the shared one).
+    pub async fn on(kafka: Option<&PrivateServer>, mongo: Option<&PrivateServer>) -> Self {
+        let mongo = match mongo {
+            Some(m) => TestMongo::at(&m.mongo_uri()).await,
+            None => TestMongo::new().await,
+        };
+        let kafka = match kafka {
+            Some(k) => kafka_settings_at(&k.kafka_brokers()),
+            None => kafka_settings(),
+        };
+        Self {
+            db: TestDb::new().await,
+            mongo,
+            kafka,
+        }
+    }
+
+    /// Environment variables for `ordersaga` processes of this system.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let k = &self.kafka;
+        [
+            ("DATABASE_URL", self.db.url.clone()),
+            ("KAFKA_BROKERS", k.brokers.clone()),
+            ("KAFKA_TOPIC_PREFIX", k.topic_prefix.clone()),
+            ("KAFKA_GROUP_PREFIX", k.group_prefix.clone()),
+            ("KAFKA_PARTITIONS", k.partitions.to_string()),
+            (
+                "KAFKA_SESSION_TIMEOUT_MS",
+                k.session_timeout.as_millis().to_string(),
+            ),
+            (
+                "KAFKA_HEARTBEAT_INTERVAL_MS",
+                k.heartbeat_interval.as_millis().to_string(),
+            ),
+            (
+                "KAFKA_LEAVE_GROUP_ON_SHUTDOWN",
+                k.leave_group_on_shutdown.to_string(),
+            ),
+            ("KAFKA_IDEMPOTENCE", k.idempotence.to_string()),
+            ("MONGODB_URI", self.mongo.settings.uri.clone()),
+            ("MONGODB_DATABASE", self.mongo.settings.database.clone()),
+            ("HOST", "127.0.0.1".into()),
+            ("LOG_FORMAT", "text".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// One reqwest client for a test, with a base URL.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn post_form(&self, fields: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.url("/api/orders"))
+            .form(fields)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Waits until the API answers /health.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        eventually("the API to answer /health", timeout, || async {
+            match self.http.get(self.url("/health")).send().await {
+                Ok(r) if r.status().is_success() => Some(()),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// Polls an order until its status is not PROCESSING.
+    pub async fn wait_settled(&self, id: &str, timeout: Duration) -> serde_json::Value {
+        eventually(&format!("order {id} to settle"), timeout, || async {
+            let (status, body) = self.get_json(&format!("/api/order/{id}")).await;
+            (status == 200 && body["status"] != "PROCESSING").then_some(body)
+        })
+        .await
+    }
+}
+
+/// Test doubles for the outbound ports the relay hands batches to.
+pub mod fakes {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use ordersaga::application::messages::{InboundMessage, OutboundMessage};
+    use ordersaga::application::ports::{
+        EventLog, EventLogError, EventRecord, MessagePublisher, PublishError,
+    };
+    use ordersaga::domain::OrderId;
+
+    /// Records what it is given; fails while `fail` is set.
+    #[derive(Default)]
+    pub struct Publisher {
+        pub sent: Mutex<Vec<OutboundMessage>>,
+        pub dead: Mutex<Vec<(InboundMessage, String)>>,
+        pub fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Publisher {
+        pub fn failing() -> Self {
+            let p = Self::default();
+            p.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+            p
+        }
+        pub fn sent(&self) -> Vec<OutboundMessage> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl MessagePublisher for Publisher {
+        async fn publish(&self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(PublishError("broker down (test)".into()));
+            }
+            self.sent.lock().unwrap().extend_from_slice(messages);
+            Ok(())
+        }
+        async fn dead_letter(
+            &self,
+            message: &InboundMessage,
+            error: &str,
+        ) -> Result<(), PublishError> {
+            self.dead
+                .lock()
+                .unwrap()
+                .push((message.clone(), error.to_owned()));
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), PublishError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    pub struct Log {
+        pub events: Mutex<Vec<EventRecord>>,
+        pub fail: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl EventLog for Log {
+        async fn append(&self, events: &[EventRecord]) -> Result<(), EventLogError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(EventLogError::Unavailable("mongo down (test)".into()));
+            }
+            self.events.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+        async fn for_order(&self, order_id: OrderId) -> Result<Vec<EventRecord>, EventLogError> {
+            Ok(self
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.order_id == order_id)
+                .cloned()
+                .collect())
+        }
+        async fn ping(&self) -> Result<(), EventLogError> {
+            Ok(())
+        }
+    }
+}
+
+/// A stand-in server of the test's own (Kafka or MongoDB), on a free port, that
+/// the test may stop and start again on the same port (and, for MongoDB, the
+/// same data). Killed when dropped.
+pub struct PrivateServer {
+    kind: ServerKind,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerKind {
+    Kafka,
+    Mongo,
+}
+
+impl PrivateServer {
+    pub fn kafka() -> Self {
+        Self::launch(ServerKind::Kafka)
+    }
+
+    pub fn mongo() -> Self {
+        Self::launch(ServerKind::Mongo)
+    }
+
+    fn launch(kind: ServerKind) -> Self {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("server-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Self {
+            kind,
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.start();
+        s
+    }
+
+    fn binary(&self) -> String {
+        let var = match self.kind {
+            ServerKind::Kafka => "ORDERSAGA_TANSU_BIN",
+            ServerKind::Mongo => "ORDERSAGA_MONGO_BIN",
+        };
+        std::env::var(var)
+            .ok()
+            .filter(|p| !p.is_empty() && std::path::Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!("{var} must name the stand-in binary: run the tests through `make test`")
+            })
+    }
+
+    /// Starts the server (again) and waits until its port answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let port = self.port.to_string();
+        let mut cmd = Command::new(self.binary());
+        match self.kind {
+            ServerKind::Kafka => {
+                let url = format!("tcp://127.0.0.1:{port}");
+                cmd.args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ]);
+                cmd.args(["--storage-engine", "memory://tansu/"]);
+            }
+            ServerKind::Mongo => {
+                let storage = self.dir.join("data");
+                cmd.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
+                    .arg(storage);
+                if self.binary().ends_with("secantusd-rs") {
+                    cmd.args(["--log-file-max", "10MB", "--cache-size", "128M"]);
+                }
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("the stand-in starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{:?} did not answer on port {}; see {:?}",
+                self.kind,
+                self.port,
+                self.dir
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server as an operator would (SIGTERM, then SIGKILL after 10 s)
+    /// and waits until its port is closed. (A SIGKILLed secantusd-rs loses the
+    /// writes of its last half second even when journaled: docs/stand-ins.md.)
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "port {} still open", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kafka_brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn mongo_uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `ordersaga` processes for one system: the ports, the stub user API
+/// address and the environment are chosen once; each process may add to it.
+pub struct Launcher {
+    pub env: SystemEnv,
+    pub api_port: u16,
+    pub stub_port: u16,
+    pub extra: Vec<(String, String)>,
+}
+
+impl Launcher {
+    pub fn new(env: SystemEnv) -> Self {
+        Self {
+            env,
+            api_port: free_port(),
+            stub_port: free_port(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds a variable for every process started from now on.
+    pub fn set(mut self, key: &str, value: impl ToString) -> Self {
+        self.extra.push((key.into(), value.to_string()));
+        self
+    }
+
+    pub fn vars(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut vars = self.env.env();
+        vars.push(("PORT".into(), self.api_port.to_string()));
+        vars.push(("USER_API_PORT".into(), self.stub_port.to_string()));
+        vars.push((
+            "USER_API_URL".into(),
+            format!("http://127.0.0.1:{}", self.stub_port),
+        ));
+        vars.extend(self.extra.iter().cloned());
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        vars
+    }
+
+    /// Starts `ordersaga <subcommand>`.
+    pub fn spawn(&self, subcommand: &str, extra: &[(&str, &str)]) -> Process {
+        Process::spawn(subcommand, &[subcommand], &self.vars(extra))
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(format!("127.0.0.1:{}", self.api_port).parse().unwrap())
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.env.db.pool()
+    }
+
+    /// Counts saga events of `kind` for `order` in PostgreSQL (the event log's source).
+    pub async fn events_of(&self, order: &str, kind: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM saga_events WHERE order_id = $1::uuid AND event_type = $2",
+        )
+        .bind(order)
+        .bind(kind)
+        .fetch_one(self.pool())
+        .await
+        .unwrap()
+    }
+}
+
+/// Places an order and returns its id (asserting 201 PROCESSING).
+pub async fn place(api: &Api, value: &str, user: &str, installment: &str, method: &str) -> String {
+    let (status, body) = api
+        .post_form(&[
+            ("value", value),
+            ("user_id", user),
+            ("installment", installment),
+            ("method", method),
+        ])
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "PROCESSING");
+    body["id"].as_str().unwrap().to_string()
+}

@@ -1,0 +1,478 @@
+//! The PostgreSQL adapter: orders, the outbox, sagas, idempotency keys, and
+//! the state machine enforced in SQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ordersaga::application::messages::{MessageType, Topic};
+use ordersaga::application::orders::OrderService;
+use ordersaga::application::ports::{
+    OrderStore, Outbox, SagaContext, SagaOutcome, SagaStore, SagaWrite,
+};
+use ordersaga::domain::{
+    NewOrder, Order, OrderId, OrderStatus, Saga, SagaPolicy, Settlement, UserId,
+};
+use uuid::Uuid;
+
+use crate::common::{TestDb, fakes};
+
+fn form(value: &str, user: &str) -> NewOrder {
+    NewOrder::parse(Some(value), Some(user), Some("1"), Some("cash")).unwrap()
+}
+
+fn service(db: &TestDb) -> OrderService {
+    OrderService::new(
+        Arc::new(db.store.clone()),
+        Arc::new(fakes::Log::default()),
+        chrono::Duration::hours(1),
+    )
+}
+
+async fn count(db: &TestDb, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(db.pool()).await.unwrap()
+}
+
+#[tokio::test]
+async fn placing_an_order_writes_the_order_its_message_and_its_event_together() {
+    let db = TestDb::new().await;
+    let placed = service(&db)
+        .place(form("1000", "u1"), "corr-1", None)
+        .await
+        .unwrap();
+    assert!(placed.created);
+    let order = placed.order;
+    assert_eq!(order.status, OrderStatus::Processing);
+
+    let stored = db.store.get(order.id).await.unwrap().expect("stored");
+    assert_eq!(stored.value.to_string(), "1000.00");
+    assert_eq!(stored.status, OrderStatus::Processing);
+
+    let (topic, mtype, key, corr, payload): (String, String, String, String, serde_json::Value) =
+        sqlx::query_as(
+            "SELECT topic, message_type, message_key, correlation_id, payload FROM outbox",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(topic, "orders.created");
+    assert_eq!(mtype, "order-created");
+    assert_eq!(key, order.id.to_string());
+    assert_eq!(corr, "corr-1");
+    assert_eq!(payload["value"], "1000.00");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM saga_events WHERE event_type = 'order_created'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM order_status_transitions WHERE to_status = 'PROCESSING'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn listing_is_newest_first_with_the_true_total_and_a_stable_tie_break() {
+    let db = TestDb::new().await;
+    let svc = service(&db);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            svc.place(form(&format!("{}", i + 1), "lister"), "c", None)
+                .await
+                .unwrap()
+                .order
+                .id,
+        );
+    }
+    svc.place(form("9", "someone-else"), "c", None)
+        .await
+        .unwrap();
+    // Two orders with the same created_at: the later insert comes first.
+    sqlx::query("UPDATE orders SET created_at = '2030-01-01T00:00:00Z' WHERE id = ANY($1)")
+        .bind(vec![ids[0].0, ids[1].0])
+        .execute(db.pool())
+        .await
+        .unwrap();
+
+    let user = UserId::parse("lister").unwrap();
+    let page = db.store.list_for_user(&user, 0, 100).await.unwrap();
+    assert_eq!(page.total, 5);
+    let got: Vec<OrderId> = page.orders.iter().map(|o| o.id).collect();
+    assert_eq!(got, vec![ids[1], ids[0], ids[4], ids[3], ids[2]]);
+
+    let page = db.store.list_for_user(&user, 1, 2).await.unwrap();
+    assert_eq!(
+        page.total, 5,
+        "total is the user's count, not the page size"
+    );
+    assert_eq!(
+        page.orders.iter().map(|o| o.id).collect::<Vec<_>>(),
+        vec![ids[0], ids[4]]
+    );
+
+    let page = db.store.list_for_user(&user, 50, 10).await.unwrap();
+    assert_eq!((page.total, page.orders.len()), (5, 0));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_same_request_and_refuses_a_different_one() {
+    let db = TestDb::new().await;
+    let svc = service(&db);
+    let first = svc
+        .place(form("10", "u"), "c", Some("key-1"))
+        .await
+        .unwrap();
+    assert!(first.created);
+    let again = svc
+        .place(form("10.00", "u"), "c", Some("key-1"))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.order.id, first.order.id);
+    let other = svc.place(form("11", "u"), "c", Some("key-1")).await;
+    assert!(
+        matches!(other, Err(ordersaga::application::AppError::Conflict(_))),
+        "{other:?}"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM outbox").await, 1);
+
+    // An expired key may be used again, for anything.
+    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let reused = svc
+        .place(form("12", "u"), "c", Some("key-1"))
+        .await
+        .unwrap();
+    assert!(reused.created);
+    assert_ne!(reused.order.id, first.order.id);
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_create_one_order() {
+    let db = TestDb::new().await;
+    let svc = Arc::new(service(&db));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.place(form("5", "u"), "c", Some("same")).await.unwrap() })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().order.id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 1);
+}
+
+#[tokio::test]
+async fn terminal_statuses_are_final_in_sql_whatever_the_client() {
+    let db = TestDb::new().await;
+    let order = service(&db)
+        .place(form("1", "u"), "c", None)
+        .await
+        .unwrap()
+        .order;
+    sqlx::query("UPDATE orders SET status = 'APPROVED', updated_at = now() WHERE id = $1")
+        .bind(order.id.0)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE orders SET status = 'CANCELED', cancel_reason = 'USER_INVALID' WHERE id = $1",
+        "UPDATE orders SET status = 'PROCESSING' WHERE id = $1",
+    ] {
+        let err = sqlx::query(sql)
+            .bind(order.id.0)
+            .execute(db.pool())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot go from APPROVED"), "{err}");
+    }
+    let err = sqlx::query("INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
+                           VALUES ($1, 'u', 1, 1, 'cash', 'APPROVED', NULL, '', now(), now())")
+        .bind(Uuid::new_v4())
+        .execute(db.pool())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("must be created PROCESSING"),
+        "{err}"
+    );
+    let transitions: Vec<(Option<String>, String)> =
+        sqlx::query_as("SELECT from_status, to_status FROM order_status_transitions WHERE order_id = $1 ORDER BY id")
+            .bind(order.id.0)
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        transitions,
+        vec![
+            (None, "PROCESSING".into()),
+            (Some("PROCESSING".into()), "APPROVED".into())
+        ]
+    );
+}
+
+fn start_decision(ctx: &SagaContext) -> Option<SagaWrite> {
+    let (saga, _) = Saga::start(Utc::now(), &SagaPolicy::default());
+    (ctx.saga.is_none()).then_some(SagaWrite {
+        saga,
+        settle: None,
+        outbox: vec![],
+        events: vec![],
+    })
+}
+
+#[tokio::test]
+async fn a_message_is_applied_once_per_consumer() {
+    let db = TestDb::new().await;
+    let order = service(&db)
+        .place(form("1", "u"), "c", None)
+        .await
+        .unwrap()
+        .order;
+    let msg = Uuid::new_v4();
+    let first = db
+        .store
+        .transact(
+            order.id,
+            Some(("orchestrator", msg)),
+            Box::new(start_decision),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first, SagaOutcome::Applied);
+    let again = db
+        .store
+        .transact(
+            order.id,
+            Some(("orchestrator", msg)),
+            Box::new(start_decision),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, SagaOutcome::Duplicate);
+    let other_consumer = db
+        .store
+        .transact(order.id, Some(("other", msg)), Box::new(start_decision))
+        .await
+        .unwrap();
+    assert_eq!(
+        other_consumer,
+        SagaOutcome::NothingToDo,
+        "saga already started"
+    );
+    let unknown = db
+        .store
+        .transact(OrderId::new(), None, Box::new(start_decision))
+        .await
+        .unwrap();
+    assert_eq!(unknown, SagaOutcome::UnknownOrder);
+}
+
+#[tokio::test]
+async fn settling_writes_status_outbox_and_events_atomically_and_only_once() {
+    let db = TestDb::new().await;
+    let order = service(&db)
+        .place(form("1", "u"), "corr", None)
+        .await
+        .unwrap()
+        .order;
+    db.store
+        .transact(order.id, None, Box::new(start_decision))
+        .await
+        .unwrap();
+    let settle = |ctx: &SagaContext| -> Option<SagaWrite> {
+        let mut saga = ctx.saga.clone().unwrap();
+        saga.settlement = Some(Settlement::Approved);
+        let msg = ordersaga::application::messages::OutboundMessage::new(
+            Uuid::new_v4(),
+            Topic::OrdersSettled,
+            ctx.order.id,
+            MessageType::OrderSettled,
+            &ctx.correlation_id,
+            &serde_json::json!({}),
+        );
+        Some(SagaWrite {
+            saga,
+            settle: Some(Settlement::Approved),
+            outbox: vec![msg],
+            events: vec![],
+        })
+    };
+    assert_eq!(
+        db.store
+            .transact(order.id, None, Box::new(settle))
+            .await
+            .unwrap(),
+        SagaOutcome::Applied
+    );
+    let stored: Order = db.store.get(order.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::Approved);
+    let corr: String =
+        sqlx::query_scalar("SELECT correlation_id FROM outbox WHERE topic = 'orders.settled'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(corr, "corr", "the order's correlation id follows the saga");
+    // A second settlement is refused and writes nothing.
+    assert!(
+        db.store
+            .transact(order.id, None, Box::new(settle))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE topic = 'orders.settled'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn due_finds_passed_deadlines_and_orphaned_orders() {
+    let db = TestDb::new().await;
+    let svc = service(&db);
+    let orphan = svc.place(form("1", "u"), "c", None).await.unwrap().order;
+    let started = svc.place(form("2", "u"), "c", None).await.unwrap().order;
+    db.store
+        .transact(started.id, None, Box::new(start_decision))
+        .await
+        .unwrap();
+
+    let now = Utc::now();
+    let none = db
+        .store
+        .due(now, now - chrono::Duration::hours(1), 10)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "nothing due yet: {none:?}");
+    let later = now + chrono::Duration::hours(1);
+    let mut due = db.store.due(later, later, 10).await.unwrap();
+    due.sort();
+    let mut expected = vec![orphan.id, started.id];
+    expected.sort();
+    assert_eq!(due, expected);
+}
+
+#[tokio::test]
+async fn the_relay_removes_messages_only_once_published() {
+    let db = TestDb::new().await;
+    let svc = service(&db);
+    for i in 0..3 {
+        svc.place(form(&format!("{}", i + 1), "u"), "c", None)
+            .await
+            .unwrap();
+    }
+    let down = fakes::Publisher::failing();
+    assert!(db.store.relay_messages(10, &down).await.is_err());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox").await,
+        3,
+        "kept while the broker is down"
+    );
+
+    let up = fakes::Publisher::default();
+    assert_eq!(db.store.relay_messages(2, &up).await.unwrap(), 2);
+    assert_eq!(db.store.relay_messages(10, &up).await.unwrap(), 1);
+    assert_eq!(db.store.relay_messages(10, &up).await.unwrap(), 0);
+    let sent = up.sent();
+    assert_eq!(sent.len(), 3);
+    assert!(sent.iter().all(|m| m.topic == Topic::OrdersCreated));
+    assert_eq!(count(&db, "SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test]
+async fn relays_side_by_side_never_publish_the_same_row_twice() {
+    let db = TestDb::new().await;
+    let svc = service(&db);
+    for i in 0..200 {
+        svc.place(form(&format!("{}", i + 1), "u"), "c", None)
+            .await
+            .unwrap();
+    }
+    let a = Arc::new(fakes::Publisher::default());
+    let b = Arc::new(fakes::Publisher::default());
+    let run = |p: Arc<fakes::Publisher>, store: ordersaga::adapters::postgres::PgStore| {
+        tokio::spawn(async move { while store.relay_messages(7, p.as_ref()).await.unwrap() > 0 {} })
+    };
+    let (ra, rb) = (
+        run(a.clone(), db.store.clone()),
+        run(b.clone(), db.store.clone()),
+    );
+    ra.await.unwrap();
+    rb.await.unwrap();
+    let mut ids: Vec<Uuid> = a
+        .sent()
+        .iter()
+        .chain(b.sent().iter())
+        .map(|m| m.message_id)
+        .collect();
+    assert_eq!(ids.len(), 200);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "no message published by both relays");
+}
+
+#[tokio::test]
+async fn events_are_marked_logged_only_once_the_log_took_them() {
+    let db = TestDb::new().await;
+    let order = service(&db)
+        .place(form("1", "u"), "c", None)
+        .await
+        .unwrap()
+        .order;
+    let log = fakes::Log::default();
+    log.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(db.store.relay_events(10, &log).await.is_err());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM saga_events WHERE logged_at IS NULL"
+        )
+        .await,
+        1
+    );
+    log.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(db.store.relay_events(10, &log).await.unwrap(), 1);
+    assert_eq!(db.store.relay_events(10, &log).await.unwrap(), 0);
+    let logged = log.events.lock().unwrap().clone();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].order_id, order.id);
+}
+
+#[tokio::test]
+async fn a_commit_that_writes_to_the_outboxes_notifies_the_relay() {
+    let db = TestDb::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(db.pool())
+        .await
+        .unwrap();
+    listener.listen("ordersaga_outbox").await.unwrap();
+    service(&db).place(form("1", "u"), "c", None).await.unwrap();
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("notified")
+            .unwrap();
+        payloads.push(n.payload().to_owned());
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["outbox", "saga_events"]);
+}
