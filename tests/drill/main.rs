@@ -1,0 +1,600 @@
+//! Reliability drill: runs ordersaga as separate processes on loopback, sends
+//! a load of orders, and breaks something in each phase: every component is
+//! killed with SIGKILL and restarted in turn, then the broker, MongoDB and the
+//! user API are stopped for a while. After each phase it checks that every
+//! accepted order settled exactly once with the right status and that the
+//! MongoDB event log agrees with PostgreSQL, and prints a table of figures.
+//! Exits non-zero on any loss, duplicate, stuck or wrong order.
+//!
+//!   make drill                                 (5,000 orders, 30 s outages)
+//!   make drill DRILL_ARGS="--orders 300 --outage-secs 5"
+
+#[path = "../integration/common.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use common::{Api, Launcher, PrivateServer, Process, SystemEnv, eventually};
+use futures::TryStreamExt;
+use mongodb::bson::doc;
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Parser)]
+#[command(about = "Break ordersaga on purpose and count what was lost")]
+struct Args {
+    /// Orders to send over the whole drill.
+    #[arg(long, default_value_t = 5000)]
+    orders: usize,
+    /// Offered load, orders per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// How long the broker, MongoDB and the user API stay down.
+    #[arg(long, default_value_t = 30)]
+    outage_secs: u64,
+    /// Longest wait for a phase's orders to settle.
+    #[arg(long, default_value_t = 300)]
+    settle_secs: u64,
+    /// Run only these phases (comma-separated): api, relay, orchestrator, user-validator,
+    /// balance-validator, broker, mongodb, user-api.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Arguments cargo's test runner may pass (ignored).
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    _rest: Vec<String>,
+}
+
+/// One component: how to start it, and the running process.
+struct Component {
+    subcommand: &'static str,
+    extra: Vec<(&'static str, &'static str)>,
+    process: Option<Process>,
+}
+
+struct Stack {
+    launcher: Launcher,
+    kafka: PrivateServer,
+    mongo: PrivateServer,
+    components: HashMap<&'static str, Component>,
+}
+
+impl Stack {
+    fn start(&mut self, name: &'static str) {
+        let c = self.components.get_mut(name).expect("known component");
+        let extra = c.extra.clone();
+        c.process = Some(self.launcher.spawn(c.subcommand, &extra));
+    }
+
+    fn kill(&mut self, name: &'static str) {
+        if let Some(mut p) = self.components.get_mut(name).and_then(|c| c.process.take()) {
+            p.kill();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill(&'static str),
+    Broker,
+    MongoDb,
+    UserApi,
+}
+
+impl Fault {
+    fn label(&self) -> String {
+        match self {
+            Fault::Kill(c) => format!("kill -9 {c}"),
+            Fault::Broker => "broker down".into(),
+            Fault::MongoDb => "MongoDB down".into(),
+            Fault::UserApi => "user API down".into(),
+        }
+    }
+
+    /// The name `--only` knows it by.
+    fn name(&self) -> &'static str {
+        match self {
+            Fault::Kill(c) => c,
+            Fault::Broker => "broker",
+            Fault::MongoDb => "mongodb",
+            Fault::UserApi => "user-api",
+        }
+    }
+
+    fn is_outage(&self) -> bool {
+        !matches!(self, Fault::Kill(_))
+    }
+}
+
+/// What an order should end as, by its number.
+fn order_form(n: usize) -> (String, String, &'static str, Option<&'static str>) {
+    match n % 10 {
+        0 => (
+            "10.00".into(),
+            format!("drill-{}-invalid", n % 13),
+            "CANCELED",
+            Some("USER_INVALID"),
+        ),
+        1 => (
+            "10000.01".into(),
+            format!("drill-{}", n % 13),
+            "CANCELED",
+            Some("BALANCE_LIMIT_EXCEEDED"),
+        ),
+        _ => (
+            format!("{}.{:02}", 1 + n % 9000, n % 100),
+            format!("drill-{}", n % 13),
+            "APPROVED",
+            None,
+        ),
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Row {
+    phase: String,
+    sent: usize,
+    accepted: usize,
+    settled: usize,
+    lost: usize,
+    duplicated: usize,
+    stuck: usize,
+    wrong: usize,
+    p50_settle_ms: i64,
+    max_settle_ms: i64,
+    settle_times: Vec<i64>,
+    /// "expected → got" for each kind of wrong outcome, with counts.
+    wrong_kinds: HashMap<String, usize>,
+}
+
+/// Sends orders `range` at `rate`, with at most 32 in flight; returns the accepted ids by number.
+async fn send_load(
+    api: &Api,
+    range: std::ops::Range<usize>,
+    rate: f64,
+) -> (usize, Vec<(usize, String)>) {
+    let permits = Arc::new(Semaphore::new(32));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, n) in range.clone().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let (value, user, _, _) = order_form(n);
+            let form = [
+                ("value", value.as_str()),
+                ("user_id", &user),
+                ("installment", "1"),
+                ("method", "cash"),
+            ];
+            let response = api
+                .http
+                .post(api.url("/api/orders"))
+                .form(&form)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match response {
+                Ok(r) if r.status().as_u16() == 201 => {
+                    let body: serde_json::Value = r.json().await.ok()?;
+                    Some((n, body["id"].as_str()?.to_string()))
+                }
+                _ => None,
+            }
+        }));
+    }
+    let mut accepted = Vec::new();
+    for t in tasks {
+        if let Some(a) = t.await.unwrap() {
+            accepted.push(a);
+        }
+    }
+    (range.len(), accepted)
+}
+
+async fn check_phase(
+    launcher: &Launcher,
+    phase: &str,
+    sent: usize,
+    accepted: &[(usize, String)],
+    settle: Duration,
+) -> Row {
+    let pool = launcher.pool();
+    let ids: Vec<String> = accepted.iter().map(|(_, id)| id.clone()).collect();
+    // Wait (bounded) for the phase's orders to leave PROCESSING.
+    let deadline = Instant::now() + settle;
+    loop {
+        let processing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders WHERE id = ANY($1::uuid[]) AND status = 'PROCESSING'",
+        )
+        .bind(&ids)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if processing == 0 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rows: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT id::text, status, cancel_reason,
+                (extract(epoch FROM updated_at - created_at) * 1000)::bigint
+           FROM orders WHERE id = ANY($1::uuid[])",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let by_id: HashMap<&str, (&str, Option<&str>, i64)> = rows
+        .iter()
+        .map(|(id, s, r, ms)| (id.as_str(), (s.as_str(), r.as_deref(), *ms)))
+        .collect();
+    let mut row = Row {
+        phase: phase.into(),
+        sent,
+        accepted: accepted.len(),
+        ..Row::default()
+    };
+    let mut settle_times = Vec::new();
+    for (n, id) in accepted {
+        let (_, _, want_status, want_reason) = order_form(*n);
+        match by_id.get(id.as_str()) {
+            None => row.lost += 1,
+            Some(("PROCESSING", _, _)) => row.stuck += 1,
+            Some((status, reason, ms)) => {
+                row.settled += 1;
+                settle_times.push(*ms);
+                if *status != want_status || *reason != want_reason {
+                    row.wrong += 1;
+                    let kind = format!("{want_status}/{want_reason:?} → {status}/{reason:?}");
+                    *row.wrong_kinds.entry(kind).or_default() += 1;
+                }
+            }
+        }
+    }
+    let duplicated: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT order_id) FROM (
+             SELECT order_id FROM order_status_transitions WHERE order_id = ANY($1::uuid[]) AND from_status = 'PROCESSING'
+               GROUP BY order_id HAVING count(*) > 1
+             UNION ALL
+             SELECT order_id FROM saga_events WHERE order_id = ANY($1::uuid[]) AND event_type IN ('saga_started', 'status_changed')
+               GROUP BY order_id, event_type HAVING count(*) > 1) d",
+    )
+    .bind(&ids)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    row.duplicated = duplicated as usize;
+    row.settle_times = settle_times;
+    row.summarize();
+    row
+}
+
+impl Row {
+    fn summarize(&mut self) {
+        self.settle_times.sort_unstable();
+        self.p50_settle_ms = self
+            .settle_times
+            .get(self.settle_times.len() / 2)
+            .copied()
+            .unwrap_or(0);
+        self.max_settle_ms = self.settle_times.last().copied().unwrap_or(0);
+    }
+}
+
+/// MongoDB's event log against PostgreSQL's events: same orders, same event ids, every status change.
+async fn check_event_log(launcher: &Launcher, settle: Duration) -> Result<String, String> {
+    let pool = launcher.pool();
+    eventually("the event log to catch up", settle, || async {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM saga_events WHERE logged_at IS NULL")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
+    let pg: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT event_id::text, order_id::text, event_type FROM saga_events")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let coll = launcher.env.mongo.log.collection().clone();
+    let docs: Vec<mongodb::bson::Document> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mongo: HashMap<String, (String, String)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d.get_str("_id").unwrap().to_string(),
+                (
+                    d.get_str("order_id").unwrap().to_string(),
+                    d.get_str("type").unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    let missing = pg
+        .iter()
+        .filter(|(id, _, _)| !mongo.contains_key(id))
+        .count();
+    let extra = mongo.len().saturating_sub(pg.len() - missing);
+    let settled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status <> 'PROCESSING'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let status_changes = mongo
+        .values()
+        .filter(|(_, t)| t == "status_changed")
+        .count() as i64;
+    let orders_pg: std::collections::HashSet<&str> =
+        pg.iter().map(|(_, o, _)| o.as_str()).collect();
+    let orders_mongo: std::collections::HashSet<&str> =
+        mongo.values().map(|(o, _)| o.as_str()).collect();
+    let report = format!(
+        "event log: {} events in PostgreSQL, {} in MongoDB, {missing} missing, {extra} extra; {} orders in each ({}); \
+         {status_changes} status changes logged for {settled} settled orders",
+        pg.len(),
+        mongo.len(),
+        orders_pg.len(),
+        if orders_pg == orders_mongo {
+            "the same"
+        } else {
+            "DIFFERENT"
+        },
+    );
+    if missing == 0 && extra == 0 && orders_pg == orders_mongo && status_changes == settled {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| {:<26} | {:>6} | {:>8} | {:>7} | {:>4} | {:>10} | {:>5} | {:>5} | {:>14} | {:>14} |",
+        "phase",
+        "sent",
+        "accepted",
+        "settled",
+        "lost",
+        "duplicated",
+        "stuck",
+        "wrong",
+        "p50 settle ms",
+        "max settle ms"
+    );
+    println!(
+        "|{}|",
+        ["-"; 10]
+            .iter()
+            .zip([28, 8, 10, 9, 6, 12, 7, 7, 16, 16])
+            .map(|(d, w)| d.repeat(w))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in rows {
+        println!(
+            "| {:<26} | {:>6} | {:>8} | {:>7} | {:>4} | {:>10} | {:>5} | {:>5} | {:>14} | {:>14} |",
+            r.phase,
+            r.sent,
+            r.accepted,
+            r.settled,
+            r.lost,
+            r.duplicated,
+            r.stuck,
+            r.wrong,
+            r.p50_settle_ms,
+            r.max_settle_ms
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let started = Instant::now();
+    let kafka = PrivateServer::kafka();
+    let mongo = PrivateServer::mongo();
+    let env = SystemEnv::on(Some(&kafka), Some(&mongo)).await;
+    let launcher = Launcher::new(env)
+        .set("KAFKA_PARTITIONS", 6)
+        .set("STEP_TIMEOUT_MS", 3000)
+        .set("STEP_MAX_ATTEMPTS", 8)
+        .set("SAGA_START_GRACE_MS", 3000)
+        .set("USER_API_FAILURE_POLICY", "wait")
+        .set("USER_API_WAIT_RETRY_MS", 500)
+        .set("SAGA_DEADLINE_MS", 600_000)
+        .set("USER_API_TIMEOUT_MS", 500)
+        .set("USER_API_RETRIES", 1)
+        .set("KAFKA_MESSAGE_TIMEOUT_MS", 5000)
+        .set("MONGODB_TIMEOUT_MS", 2000)
+        .set(
+            "RUST_LOG",
+            std::env::var("DRILL_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .set(
+            "KAFKA_EXTRA_CONFIG",
+            std::env::var("DRILL_KAFKA_EXTRA_CONFIG").unwrap_or_default(),
+        );
+    let no_relay = vec![("RELAY_EMBEDDED", "false")];
+    let mut stack = Stack {
+        launcher,
+        kafka,
+        mongo,
+        components: HashMap::new(),
+    };
+    for (name, extra) in [
+        ("user-api", vec![]),
+        ("api", no_relay.clone()),
+        ("relay", vec![]),
+        ("orchestrator", no_relay.clone()),
+        ("user-validator", vec![]),
+        ("balance-validator", vec![]),
+    ] {
+        stack.components.insert(
+            name,
+            Component {
+                subcommand: name,
+                extra,
+                process: None,
+            },
+        );
+        stack.start(name);
+    }
+    let api = stack.launcher.api();
+    api.wait_healthy(Duration::from_secs(120)).await;
+    // Warm up: the consumer groups have formed once an order went all the way through.
+    let warm = common::place(&api, "1.00", "drill-warm-up", "1", "cash").await;
+    api.wait_settled(&warm, Duration::from_secs(120)).await;
+    println!(
+        "drill: {} orders at {}/s, outages of {} s; processes: api, relay, orchestrator, user-validator, balance-validator, user-api",
+        args.orders, args.rate, args.outage_secs
+    );
+
+    let faults: Vec<Fault> = [
+        Fault::Kill("api"),
+        Fault::Kill("relay"),
+        Fault::Kill("orchestrator"),
+        Fault::Kill("user-validator"),
+        Fault::Kill("balance-validator"),
+        Fault::Broker,
+        Fault::MongoDb,
+        Fault::UserApi,
+    ]
+    .into_iter()
+    .filter(|f| args.only.is_empty() || args.only.iter().any(|o| *o == f.name()))
+    .collect();
+    assert!(!faults.is_empty(), "--only named no known phase");
+    let per_phase = args.orders / faults.len();
+    let outage = Duration::from_secs(args.outage_secs);
+    let settle = Duration::from_secs(args.settle_secs);
+    let mut rows = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        let range = i * per_phase..if i + 1 == faults.len() {
+            args.orders
+        } else {
+            (i + 1) * per_phase
+        };
+        // Outages last longer than the phase's load would: spread the load over the outage and more.
+        let rate = if fault.is_outage() {
+            args.rate
+                .min(range.len() as f64 / (outage.as_secs_f64() + 10.0))
+                .max(1.0)
+        } else {
+            args.rate
+        };
+        let load_time = Duration::from_secs_f64(range.len() as f64 / rate);
+        println!(
+            "phase {}: {} ({} orders over {:.0} s)",
+            i + 1,
+            fault.label(),
+            range.len(),
+            load_time.as_secs_f64()
+        );
+        let load = {
+            let api = api.clone();
+            let range = range.clone();
+            tokio::spawn(async move { send_load(&api, range, rate).await })
+        };
+        let fault_at = if fault.is_outage() {
+            Duration::from_secs(5).min(load_time / 4)
+        } else {
+            load_time / 2
+        };
+        tokio::time::sleep(fault_at).await;
+        match fault {
+            Fault::Kill(name) => {
+                stack.kill(name);
+                stack.start(name);
+            }
+            Fault::Broker => {
+                stack.kafka.stop();
+                tokio::time::sleep(outage).await;
+                stack.kafka.start();
+            }
+            Fault::MongoDb => {
+                stack.mongo.stop();
+                tokio::time::sleep(outage).await;
+                stack.mongo.start();
+            }
+            Fault::UserApi => {
+                stack.kill("user-api");
+                tokio::time::sleep(outage).await;
+                stack.start("user-api");
+            }
+        }
+        if matches!(fault, Fault::Kill("api")) {
+            api.wait_healthy(Duration::from_secs(120)).await;
+        }
+        let (sent, accepted) = load.await.unwrap();
+        for (name, c) in stack.components.iter_mut() {
+            if let Some(status) = c.process.as_mut().and_then(Process::exit_status) {
+                println!("  ! {name} exited by itself ({status}); see its log");
+            }
+        }
+        let row = check_phase(&stack.launcher, &fault.label(), sent, &accepted, settle).await;
+        println!(
+            "  accepted {} / {}; settled {}; lost {}, duplicated {}, stuck {}, wrong {}; max settle {} ms",
+            row.accepted,
+            row.sent,
+            row.settled,
+            row.lost,
+            row.duplicated,
+            row.stuck,
+            row.wrong,
+            row.max_settle_ms
+        );
+        for (kind, n) in &row.wrong_kinds {
+            println!("  wrong: {n} × {kind}");
+        }
+        rows.push(row);
+    }
+
+    let total = rows.iter().fold(
+        Row {
+            phase: "total".into(),
+            ..Row::default()
+        },
+        |mut t, r| {
+            t.sent += r.sent;
+            t.accepted += r.accepted;
+            t.settled += r.settled;
+            t.lost += r.lost;
+            t.duplicated += r.duplicated;
+            t.stuck += r.stuck;
+            t.wrong += r.wrong;
+            t.settle_times.extend_from_slice(&r.settle_times);
+            t
+        },
+    );
+    let mut total = total;
+    total.summarize();
+    let log = check_event_log(&stack.launcher, settle).await;
+    rows.push(total.clone());
+    print_table(&rows);
+    println!();
+    match &log {
+        Ok(report) | Err(report) => println!("{report}"),
+    }
+    println!("drill took {:.0} s", started.elapsed().as_secs_f64());
+    let failed = total.lost + total.duplicated + total.stuck + total.wrong > 0 || log.is_err();
+    // Processes, private servers and databases go before the exit.
+    drop(stack);
+    if failed {
+        println!("DRILL FAILED: something was lost, duplicated, stuck or wrong");
+        std::process::exit(1);
+    }
+    println!("drill passed: every accepted order settled exactly once, with the right status");
+}
