@@ -7,7 +7,7 @@ STACK := scripts/stack.sh
 WITH_STACK := set -a; . .stack/env; set +a;
 TEST_THREADS ?= 8
 
-.PHONY: help run test test-unit test-integration test-e2e fuzz-api drill stack-up stack-down stack-status migrate build fmt lint compose-up compose-down clean
+.PHONY: help bench run test test-unit test-integration test-e2e fuzz-api drill stack-up stack-down stack-status migrate build fmt lint compose-up compose-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test-e2e: stack-up ## The cucumber scenarios in features/ against the whole syst
 
 drill: stack-up ## Reliability drill: kill every component, stop the broker, MongoDB and the user API under load
 	$(WITH_STACK) cargo test --test drill -- $(DRILL_ARGS)
+
+bench: stack-up ## Measure a release `ordersaga all` against PostgreSQL and Kafka floors (docs/performance.md)
+	scripts/bench.sh
 
 fuzz-api: stack-up build ## Fuzz the HTTP API with Schemathesis against its OpenAPI document
 	scripts/fuzz-api.sh

@@ -53,6 +53,8 @@ pub enum Command {
     UserApi(UserApiStubArgs),
     /// Creates the database if needed and applies the migrations, then exits.
     Migrate(MigrateArgs),
+    /// Measures a running ordersaga over HTTP against PostgreSQL and Kafka floors (docs/performance.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -140,6 +142,10 @@ pub struct KafkaArgs {
     /// Attempts for a message whose handling keeps failing before it is dead-lettered.
     #[arg(long, env = "CONSUMER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub consumer_max_attempts: u32,
+    /// Messages a consumer handles at once, from different partitions (one
+    /// partition's messages are always handled in order, one at a time).
+    #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub consumer_concurrency: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -212,8 +218,9 @@ pub enum FailurePolicy {
 #[command(next_help_heading = "User API client")]
 pub struct UserApiClientArgs {
     /// Base URL of the user directory; users are read at <url>/api/user/<id>.
-    #[arg(long, env = "USER_API_URL", default_value = "http://127.0.0.1:8001")]
-    pub user_api_url: String,
+    /// Default: http://127.0.0.1:8001, or with `all` and its stub, the stub's USER_API_PORT.
+    #[arg(long, env = "USER_API_URL")]
+    pub user_api_url: Option<String>,
     /// Timeout of one user API request, in ms.
     #[arg(long, env = "USER_API_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub user_api_timeout_ms: u64,
@@ -413,7 +420,7 @@ impl DbArgs {
 }
 
 impl KafkaArgs {
-    fn settings(&self) -> Result<KafkaSettings, String> {
+    pub fn settings(&self) -> Result<KafkaSettings, String> {
         if self.kafka_brokers.trim().is_empty() {
             return Err("KAFKA_BROKERS must name at least one broker".into());
         }
@@ -435,6 +442,7 @@ impl KafkaArgs {
             message_timeout: ms(self.kafka_message_timeout_ms),
             idempotence: self.kafka_idempotence,
             leave_group_on_shutdown: self.kafka_leave_group_on_shutdown,
+            consumer_concurrency: self.consumer_concurrency as usize,
             extra: parse_extra_config(&self.kafka_extra_config)
                 .map_err(|e| format!("KAFKA_EXTRA_CONFIG: {e}"))?,
         })
@@ -469,9 +477,13 @@ impl SagaArgs {
 }
 
 impl UserApiClientArgs {
-    fn settings(&self) -> UserApiSettings {
+    /// `default_port`: where the user API is when USER_API_URL is not set.
+    fn settings(&self, default_port: u16) -> UserApiSettings {
         UserApiSettings {
-            base_url: self.user_api_url.clone(),
+            base_url: self
+                .user_api_url
+                .clone()
+                .unwrap_or_else(|| format!("http://127.0.0.1:{default_port}")),
             timeout: ms(self.user_api_timeout_ms),
             retries: self.user_api_retries,
             retry_delay: ms(self.user_api_retry_delay_ms),
@@ -521,7 +533,11 @@ impl Command {
                 s.start_grace = chrono::Duration::milliseconds(a.saga.saga_start_grace_ms as i64);
                 s.processed_retention =
                     chrono::Duration::hours(a.saga.processed_message_retention_hours.into());
-                s.user_api = a.user_api.settings();
+                s.user_api = a.user_api.settings(if a.user_api_stub {
+                    a.stub.user_api_port
+                } else {
+                    8001
+                });
                 s.balance_limit = a.balance.balance_limit;
                 s.relay = a.relay.settings();
                 s.stub_addr = SocketAddr::new(a.http.host, a.stub.user_api_port);
@@ -578,7 +594,7 @@ impl Command {
                 s.create_topics = a.kafka.kafka_create_topics;
                 s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
                 s.consumer_max_attempts = a.kafka.consumer_max_attempts;
-                s.user_api = a.user_api.settings();
+                s.user_api = a.user_api.settings(8001);
                 (
                     Roles {
                         user_validator: true,
@@ -631,6 +647,7 @@ impl Command {
                 )
             }
             Command::Migrate(_) => return Err("migrate runs no components".into()),
+            Command::Bench(_) => return Err("bench runs no components".into()),
         })
     }
 }
@@ -670,6 +687,33 @@ mod tests {
             );
         }
         assert!(help.contains("[default: 10000.00]"));
+    }
+
+    #[test]
+    fn all_with_its_stub_asks_the_stub_unless_told_otherwise() {
+        let url = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            cli.command.plan().unwrap().1.user_api.base_url
+        };
+        assert_eq!(
+            url(&["ordersaga", "all", "--user-api-port", "9301"]),
+            "http://127.0.0.1:9301"
+        );
+        assert_eq!(
+            url(&[
+                "ordersaga",
+                "all",
+                "--user-api-port",
+                "9301",
+                "--user-api-url",
+                "http://users:80"
+            ]),
+            "http://users:80"
+        );
+        assert_eq!(
+            url(&["ordersaga", "user-validator"]),
+            "http://127.0.0.1:8001"
+        );
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! - [`domain`]: orders, money, payment methods, the saga state machine (pure);
 //! - [`application`]: use cases and the ports they need;
 //! - [`adapters`]: HTTP, PostgreSQL, MongoDB, Kafka and the user API;
-//! - [`config`], [`startup`], [`telemetry`]: reading settings, wiring, logging.
+//! - [`config`], [`startup`], [`telemetry`]: reading settings, wiring, logging;
+//! - [`bench`]: the `ordersaga bench` measuring tool (not part of the service).
 
 pub mod adapters;
 pub mod application;
+pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod startup;

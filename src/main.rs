@@ -21,11 +21,15 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
-    if let Command::Migrate(args) = &command {
-        PgStore::migrate(&args.database_url).await?;
-        tracing::info!("migrations applied");
-        return Ok(());
-    }
+    let command = match command {
+        Command::Migrate(args) => {
+            PgStore::migrate(&args.database_url).await?;
+            tracing::info!("migrations applied");
+            return Ok(());
+        }
+        Command::Bench(args) => return ordersaga::bench::run(args).await,
+        other => other,
+    };
     let (roles, settings) = command.plan().map_err(anyhow::Error::msg)?;
     let running = startup::start(settings, roles).await?;
     running.run_until(shutdown_signal()).await

@@ -119,6 +119,7 @@ impl Default for Settings {
                 message_timeout: Duration::from_secs(10),
                 idempotence: true,
                 leave_group_on_shutdown: true,
+                consumer_concurrency: 6,
                 extra: vec![],
             },
             create_topics: true,

@@ -156,6 +156,7 @@ pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
         // group whose leader leaves mid-rebalance (docs/stand-ins.md).
         idempotence: false,
         leave_group_on_shutdown: false,
+        consumer_concurrency: 6,
         extra: vec![],
     })
 }

@@ -1,5 +1,6 @@
 //! The consumer loop: reads a consumer group's topics and hands each message
-//! to a `MessageHandler`, one at a time per process.
+//! to a `MessageHandler`: partitions are handled concurrently (up to
+//! `CONSUMER_CONCURRENCY` at once), each partition's messages in order.
 //!
 //! Offsets are stored only after a message was handled (or dead-lettered) and
 //! committed in the background, so delivery is at-least-once: a crash replays
@@ -20,11 +21,15 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::KafkaSettings;
 use crate::application::messages::{InboundMessage, Topic};
 use crate::application::ports::{HandleError, MessageHandler, MessagePublisher};
+
+/// Messages read ahead for each lane.
+const LANE_QUEUE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -172,6 +177,9 @@ pub async fn run_consumer(
     Ok(())
 }
 
+/// Reads messages and hands each to the lane of its partition: lanes run
+/// concurrently, each handles its messages in order and stores an offset
+/// only once its message was handled, so a partition never skips ahead.
 async fn consume(
     kafka: &KafkaSettings,
     settings: &ConsumerSettings,
@@ -180,50 +188,72 @@ async fn consume(
     dead_letters: &dyn MessagePublisher,
     shutdown: &CancellationToken,
 ) -> Ended {
-    let mut outage = false;
-    let mut probe = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let received = tokio::select! {
-            _ = shutdown.cancelled() => return Ended::Shutdown,
-            m = consumer.recv() => m.map(|m| m.detach()),
-            _ = probe.tick(), if outage => {
-                if topics_present(kafka, settings, consumer).await {
-                    return Ended::BrokersReturned;
+    let lanes = kafka.consumer_concurrency.max(1);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..lanes)
+        .map(|_| mpsc::channel::<OwnedMessage>(LANE_QUEUE))
+        .unzip();
+    let workers = futures::future::join_all(receivers.into_iter().map(|mut rx| async move {
+        while let Some(message) = rx.recv().await {
+            if shutdown.is_cancelled() {
+                return; // what is still queued is redelivered to the next owner
+            }
+            let msg = inbound(kafka, &message);
+            if !handle_with_retries(settings, handler, dead_letters, &msg, shutdown).await {
+                // Interrupted by shutdown: leave the offset so the message is redelivered.
+                return;
+            }
+            if let Err(e) =
+                consumer.store_offset(message.topic(), message.partition(), message.offset())
+            {
+                // The partition was revoked meanwhile; its new owner will see the message again.
+                tracing::debug!(error = %e, "offset not stored");
+            }
+        }
+    }));
+    let dispatch = async move {
+        let mut outage = false;
+        let mut probe = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                m = consumer.recv() => m.map(|m| m.detach()),
+                _ = probe.tick(), if outage => {
+                    if topics_present(kafka, settings, consumer).await {
+                        return Ended::BrokersReturned;
+                    }
+                    continue;
                 }
-                continue;
+            };
+            let message = match received {
+                Ok(m) => m,
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownPartition)) => {
+                    return Ended::PartitionsVanished;
+                }
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown))
+                    if !outage =>
+                {
+                    tracing::warn!(
+                        component = settings.component,
+                        "all Kafka brokers are down; waiting for them"
+                    );
+                    outage = true;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(component = settings.component, error = %e, "consumer error");
+                    tokio::select! { _ = shutdown.cancelled() => return Ended::Shutdown, _ = tokio::time::sleep(Duration::from_millis(200)) => {} }
+                    continue;
+                }
+            };
+            let lane = message.partition().unsigned_abs() as usize % lanes;
+            if senders[lane].send(message).await.is_err() {
+                return Ended::Shutdown; // the lane stopped: shutdown interrupted it
             }
-        };
-        let message = match received {
-            Ok(m) => m,
-            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownPartition)) => {
-                return Ended::PartitionsVanished;
-            }
-            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)) if !outage => {
-                tracing::warn!(
-                    component = settings.component,
-                    "all Kafka brokers are down; waiting for them"
-                );
-                outage = true;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(component = settings.component, error = %e, "consumer error");
-                tokio::select! { _ = shutdown.cancelled() => return Ended::Shutdown, _ = tokio::time::sleep(Duration::from_millis(200)) => {} }
-                continue;
-            }
-        };
-        let msg = inbound(kafka, &message);
-        if !handle_with_retries(settings, handler, dead_letters, &msg, shutdown).await {
-            // Interrupted by shutdown: leave the offset so the message is redelivered.
-            return Ended::Shutdown;
         }
-        if let Err(e) =
-            consumer.store_offset(message.topic(), message.partition(), message.offset())
-        {
-            // The partition was revoked meanwhile; its new owner will see the message again.
-            tracing::debug!(error = %e, "offset not stored");
-        }
-    }
+        // Returning drops the senders: the lanes finish what they hold, then stop.
+    };
+    let (ended, _) = tokio::join!(dispatch, workers);
+    ended
 }
 
 /// Whether the brokers answer and every subscribed topic has partitions.

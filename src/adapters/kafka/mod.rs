@@ -15,7 +15,7 @@ use rdkafka::ClientConfig;
 
 pub use consumer::{ConsumerSettings, run_consumer};
 pub use producer::KafkaPublisher;
-pub use topics::{ensure_topics, guard_topics};
+pub use topics::{delete_topics, ensure_topics, guard_topics};
 
 use crate::application::messages::Topic;
 
@@ -42,6 +42,8 @@ pub struct KafkaSettings {
     /// Send LeaveGroup when a consumer stops (a quick rebalance), or just go
     /// and let the session time out (see docs/stand-ins.md).
     pub leave_group_on_shutdown: bool,
+    /// Partitions a consumer handles at once (each partition stays in order).
+    pub consumer_concurrency: usize,
     /// Extra librdkafka properties applied to every client, e.g. security settings.
     pub extra: Vec<(String, String)>,
 }

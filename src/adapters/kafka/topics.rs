@@ -140,3 +140,23 @@ pub async fn guard_topics(
         }
     }
 }
+
+/// Deletes every topic of the protocol under `settings.topic_prefix` (the
+/// bench's private topics when it is done).
+pub async fn delete_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = settings
+        .base_config("ordersaga-admin")
+        .create()
+        .context("cannot create the Kafka admin client")?;
+    let names: Vec<String> = Topic::ALL.iter().map(|t| settings.topic(*t)).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(&names, &options).await? {
+        if let Err((name, code)) = result
+            && code != RDKafkaErrorCode::UnknownTopicOrPartition
+        {
+            anyhow::bail!("cannot delete topic {name}: {code}");
+        }
+    }
+    Ok(())
+}

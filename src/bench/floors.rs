@@ -1,0 +1,176 @@
+//! The floors: what the dependencies cost when ordersaga does nothing else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Summary;
+use crate::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
+use crate::application::messages::{
+    HEADER_MESSAGE_ID, InboundMessage, MessageType, OutboundMessage, Topic,
+};
+use crate::application::ports::{HandleError, MessageHandler, MessagePublisher};
+use crate::domain::OrderId;
+
+/// Floor (a): single-row INSERT + COMMIT from `concurrency` connections for `duration`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InsertFloor {
+    pub per_sec: f64,
+    pub latency: Summary,
+}
+
+pub async fn postgres_insert(
+    pool: &PgPool,
+    run_id: &str,
+    concurrency: u32,
+    duration: Duration,
+) -> anyhow::Result<InsertFloor> {
+    let table = format!("bench_floor_{run_id}");
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id uuid PRIMARY KEY, user_id text NOT NULL, \
+         value numeric(14, 2) NOT NULL, created_at timestamptz NOT NULL)"
+    )))
+    .execute(pool)
+    .await
+    .context("cannot create the floor table")?;
+    let insert = format!(
+        "INSERT INTO {table} (id, user_id, value, created_at) VALUES ($1, $2, 10.00, now())"
+    );
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let pool = pool.clone();
+            let insert = insert.clone();
+            tokio::spawn(async move {
+                let mut micros = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    sqlx::query(AssertSqlSafe(insert.clone()))
+                        .bind(Uuid::new_v4())
+                        .bind("floor")
+                        .execute(&pool)
+                        .await?;
+                    micros.push(t.elapsed().as_micros() as u64);
+                }
+                anyhow::Ok(micros)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(pool)
+        .await
+        .ok();
+    Ok(InsertFloor {
+        per_sec: all.len() as f64 / elapsed,
+        latency: Summary::of(all),
+    })
+}
+
+/// Hands each consumed message's id to whoever waits for it.
+struct Arrivals(Mutex<HashMap<Uuid, oneshot::Sender<Instant>>>);
+
+#[async_trait]
+impl MessageHandler for Arrivals {
+    async fn handle(&self, message: &InboundMessage) -> Result<(), HandleError> {
+        let now = Instant::now();
+        if let Some(id) = message
+            .header(HEADER_MESSAGE_ID)
+            .and_then(|v| Uuid::parse_str(v).ok())
+            && let Some(tx) = self.0.lock().unwrap().remove(&id)
+        {
+            let _ = tx.send(now);
+        }
+        Ok(())
+    }
+}
+
+/// Floor (b): one message at a time, produced and consumed through the same
+/// adapter code and client settings the saga uses, on a private topic prefix.
+pub async fn kafka_round_trip(
+    mut settings: KafkaSettings,
+    run_id: &str,
+    round_trips: usize,
+) -> anyhow::Result<Summary> {
+    settings.topic_prefix = format!("bench-{run_id}.");
+    settings.group_prefix = format!("bench-{run_id}.");
+    let settings = Arc::new(settings);
+    kafka::ensure_topics(&settings).await?;
+    let publisher = KafkaPublisher::new(settings.clone(), "ordersaga-bench")?;
+    let arrivals = Arc::new(Arrivals(Mutex::new(HashMap::new())));
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(kafka::run_consumer(
+        settings.clone(),
+        ConsumerSettings::new("bench-floor", vec![Topic::OrdersCreated]),
+        arrivals.clone(),
+        Arc::new(publisher.clone()),
+        stop.clone(),
+    ));
+
+    let one = |wait: Duration| {
+        let publisher = publisher.clone();
+        let arrivals = arrivals.clone();
+        async move {
+            let id = Uuid::new_v4();
+            let (tx, rx) = oneshot::channel();
+            arrivals.0.lock().unwrap().insert(id, tx);
+            let message = OutboundMessage::new(
+                id,
+                Topic::OrdersCreated,
+                OrderId::new(),
+                MessageType::OrderCreated,
+                "bench",
+                &serde_json::json!({}),
+            );
+            let sent = Instant::now();
+            publisher.publish(std::slice::from_ref(&message)).await?;
+            let arrived = tokio::time::timeout(wait, rx).await;
+            arrivals.0.lock().unwrap().remove(&id);
+            anyhow::Ok(match arrived {
+                Ok(Ok(at)) => Some(at.duration_since(sent)),
+                _ => None,
+            })
+        }
+    };
+
+    // Warm up: the consumer's first assignment takes about half a session timeout.
+    let warm_until = Instant::now() + Duration::from_secs(60);
+    let result = async {
+        loop {
+            if one(Duration::from_secs(1)).await?.is_some() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < warm_until,
+                "no message came back through the broker within 60 s"
+            );
+        }
+        let mut micros = Vec::with_capacity(round_trips);
+        for _ in 0..round_trips {
+            let rtt = one(Duration::from_secs(5))
+                .await?
+                .context("a round trip took longer than 5 s")?;
+            micros.push(rtt.as_micros() as u64);
+        }
+        anyhow::Ok(Summary::of(micros))
+    }
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), consumer).await;
+    if let Err(e) = kafka::delete_topics(&settings).await {
+        eprintln!("bench: could not delete the floor's topics: {e:#}");
+    }
+    result
+}

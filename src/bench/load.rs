@@ -1,0 +1,356 @@
+//! The load: POST orders over HTTP (closed or open loop), then read from
+//! PostgreSQL when each of them settled.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+
+use super::{BenchArgs, Summary, rss_mib};
+
+/// Orders of one run go to these users (all valid for the stub user API), so
+/// the run's orders are found through the `(user_id, created_at)` index.
+const USERS: usize = 64;
+
+/// Most requests an open loop keeps in flight; beyond it a request counts as
+/// an error (the client, not the service, would be the bottleneck).
+const OPEN_LOOP_MAX_IN_FLIGHT: usize = 4096;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadResult {
+    pub mode: String,
+    pub sent: u64,
+    pub accepted: u64,
+    pub errors: u64,
+    /// First few distinct error descriptions.
+    pub error_samples: Vec<String>,
+    pub load_secs: f64,
+    pub post_per_sec: f64,
+    pub post_latency: Summary,
+    pub settled: u64,
+    pub approved: u64,
+    pub canceled: u64,
+    pub unsettled: u64,
+    pub settle_latency: Summary,
+    /// Settled orders ÷ (last settle − first order).
+    pub settled_per_sec: f64,
+    /// The slowest whole second of settling while the load ran (first and last second excluded).
+    pub settled_per_sec_worst_second: Option<u64>,
+    pub rss_max_mib: Option<f64>,
+    pub rss_end_mib: Option<f64>,
+}
+
+struct Counters {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    errors: AtomicU64,
+    samples: std::sync::Mutex<Vec<String>>,
+}
+
+impl Counters {
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.samples.lock().unwrap();
+        if s.len() < 5 && !s.contains(&what) {
+            s.push(what);
+        }
+    }
+}
+
+fn users(run_id: &str) -> Vec<String> {
+    (0..USERS).map(|i| format!("bench-{run_id}-{i}")).collect()
+}
+
+/// One POST; the latency counts from `from` (the scheduled time in an open loop).
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    user: &str,
+    from: Instant,
+    c: &Counters,
+) -> Option<u64> {
+    c.sent.fetch_add(1, Ordering::Relaxed);
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("value", "10.00")
+        .append_pair("user_id", user)
+        .append_pair("installment", "1")
+        .append_pair("method", "credit_card")
+        .finish();
+    let request = client
+        .post(url)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(body);
+    match request.send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+            let _ = r.bytes().await;
+            c.accepted.fetch_add(1, Ordering::Relaxed);
+            Some(from.elapsed().as_micros() as u64)
+        }
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            c.error(format!(
+                "HTTP {status}: {}",
+                body.chars().take(200).collect::<String>()
+            ));
+            None
+        }
+        Err(e) => {
+            c.error(format!("{e}"));
+            None
+        }
+    }
+}
+
+/// Places one order and waits until it settles, so the figures do not include
+/// a service whose consumers are still joining their groups.
+async fn warm_up(
+    client: &reqwest::Client,
+    url: &str,
+    pool: &PgPool,
+    run_id: &str,
+) -> anyhow::Result<()> {
+    let user = vec![format!("bench-{run_id}-warm-up")];
+    let c = Counters {
+        sent: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        samples: Default::default(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    post(client, url, &user[0], Instant::now(), &c).await;
+    anyhow::ensure!(
+        c.accepted.load(Ordering::Relaxed) == 1,
+        "the warm-up order was refused: {:?}",
+        c.samples.lock().unwrap()
+    );
+    while settled_count(pool, &user).await? < 1 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the warm-up order did not settle within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn settled_count(pool: &PgPool, users: &[String]) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE user_id = ANY($1) AND status <> 'PROCESSING'",
+    )
+    .bind(users)
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Result<LoadResult> {
+    let users = Arc::new(users(run_id));
+    let url = Arc::new(format!("{}/api/orders", args.url.trim_end_matches('/')));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(OPEN_LOOP_MAX_IN_FLIGHT)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    client
+        .get(format!("{}/ready", args.url.trim_end_matches('/')))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("the service at {} is not ready", args.url))?;
+    warm_up(&client, &url, pool, run_id).await?;
+    let counters = Arc::new(Counters {
+        sent: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        samples: Default::default(),
+    });
+    let duration = Duration::from_secs(args.duration_secs);
+    let mode = match args.rate {
+        Some(rate) => format!("open loop, {rate} orders/s offered"),
+        None => format!("closed loop, {} in flight", args.concurrency),
+    };
+    eprintln!(
+        "bench: load: {mode}, {} s, against {}",
+        args.duration_secs, args.url
+    );
+
+    // Progress and memory, once a second.
+    let rss = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let progress = {
+        let (c, pool, users, rss, pid) = (
+            counters.clone(),
+            pool.clone(),
+            users.clone(),
+            rss.clone(),
+            args.pid,
+        );
+        let begun = Instant::now();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let settled = settled_count(&pool, &users).await.unwrap_or(-1);
+                let mem = pid.and_then(rss_mib);
+                if let Some(m) = mem {
+                    rss.lock().unwrap().push(m);
+                }
+                eprintln!(
+                    "bench: {:>4} s  sent {:>7}  accepted {:>7}  errors {:>5}  settled {:>7}{}",
+                    begun.elapsed().as_secs(),
+                    c.sent.load(Ordering::Relaxed),
+                    c.accepted.load(Ordering::Relaxed),
+                    c.errors.load(Ordering::Relaxed),
+                    settled,
+                    mem.map(|m| format!("  rss {m:.1} MiB")).unwrap_or_default()
+                );
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut latencies = Vec::new();
+    match args.rate {
+        None => {
+            let workers: Vec<_> = (0..args.concurrency as usize)
+                .map(|w| {
+                    let (client, url, users, c) =
+                        (client.clone(), url.clone(), users.clone(), counters.clone());
+                    tokio::spawn(async move {
+                        let mut micros = Vec::new();
+                        let mut i = w;
+                        while Instant::now() < deadline {
+                            if let Some(us) =
+                                post(&client, &url, &users[i % USERS], Instant::now(), &c).await
+                            {
+                                micros.push(us);
+                            }
+                            i += 1;
+                        }
+                        micros
+                    })
+                })
+                .collect();
+            for w in workers {
+                latencies.extend(w.await?);
+            }
+        }
+        Some(rate) => {
+            anyhow::ensure!(
+                rate > 0.0 && rate.is_finite(),
+                "--rate must be a positive number"
+            );
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let slots = Arc::new(Semaphore::new(OPEN_LOOP_MAX_IN_FLIGHT));
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut i = 0u32;
+            loop {
+                let at = started + interval * i;
+                if at >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                    counters.error(format!(
+                        "more than {OPEN_LOOP_MAX_IN_FLIGHT} requests in flight"
+                    ));
+                    i += 1;
+                    continue;
+                };
+                let (client, url, user, c) = (
+                    client.clone(),
+                    url.clone(),
+                    users[i as usize % USERS].clone(),
+                    counters.clone(),
+                );
+                tasks.spawn(async move {
+                    let r = post(&client, &url, &user, at, &c).await;
+                    drop(slot);
+                    r
+                });
+                while let Some(done) = tasks.try_join_next() {
+                    latencies.extend(done?);
+                }
+                i += 1;
+            }
+            while let Some(done) = tasks.join_next().await {
+                latencies.extend(done?);
+            }
+        }
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+
+    // Wait for every accepted order to settle (or the timeout).
+    let accepted = counters.accepted.load(Ordering::Relaxed);
+    let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout_secs);
+    while (settled_count(pool, &users).await? as u64) < accepted && Instant::now() < settle_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress.abort();
+
+    let rows: Vec<(
+        String,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    )> =
+        sqlx::query_as("SELECT status, created_at, updated_at FROM orders WHERE user_id = ANY($1)")
+            .bind(&*users)
+            .fetch_all(pool)
+            .await?;
+    let terminal: Vec<_> = rows.iter().filter(|r| r.0 != "PROCESSING").collect();
+    let settle_micros: Vec<u64> = terminal
+        .iter()
+        .map(|r| (r.2 - r.1).num_microseconds().unwrap_or(0).max(0) as u64)
+        .collect();
+    let first = rows.iter().map(|r| r.1).min();
+    let last = terminal.iter().map(|r| r.2).max();
+    let settled_per_sec = match (first, last) {
+        (Some(f), Some(l)) if l > f => {
+            terminal.len() as f64 / ((l - f).num_microseconds().unwrap_or(1) as f64 / 1e6)
+        }
+        _ => 0.0,
+    };
+    let worst_second = first.and_then(|f| {
+        let whole = load_secs.floor() as i64;
+        if whole < 3 {
+            return None;
+        }
+        let mut buckets = vec![0u64; whole as usize];
+        for r in &terminal {
+            let s = (r.2 - f).num_seconds();
+            if (0..whole).contains(&s) {
+                buckets[s as usize] += 1;
+            }
+        }
+        buckets[1..whole as usize - 1].iter().min().copied()
+    });
+    let rss = rss.lock().unwrap().clone();
+    Ok(LoadResult {
+        mode,
+        sent: counters.sent.load(Ordering::Relaxed),
+        accepted,
+        errors: counters.errors.load(Ordering::Relaxed),
+        error_samples: counters.samples.lock().unwrap().clone(),
+        load_secs,
+        post_per_sec: accepted as f64 / load_secs,
+        post_latency: Summary::of(latencies),
+        settled: terminal.len() as u64,
+        approved: terminal.iter().filter(|r| r.0 == "APPROVED").count() as u64,
+        canceled: terminal.iter().filter(|r| r.0 == "CANCELED").count() as u64,
+        unsettled: (rows.len() - terminal.len()) as u64,
+        settle_latency: Summary::of(settle_micros),
+        settled_per_sec,
+        settled_per_sec_worst_second: worst_second,
+        rss_max_mib: rss.iter().copied().reduce(f64::max),
+        rss_end_mib: args.pid.and_then(rss_mib),
+    })
+}

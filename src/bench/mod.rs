@@ -1,0 +1,174 @@
+//! `ordersaga bench`: drives a running ordersaga over HTTP and reports its
+//! throughput, latency, settle time and memory next to the floors its
+//! dependencies set, measured in the same run on the same servers:
+//!
+//! - (a) a bare single-row `INSERT` + `COMMIT` into PostgreSQL at the same
+//!   concurrency (the least work an accepted order can cost);
+//! - (b) a bare produce → consume round trip on the same broker, with the same
+//!   client code and settings the saga uses (the cost of one saga hop).
+//!
+//! It is a measuring tool, not part of the service: nothing here is wired into
+//! the other roles. See docs/performance.md for how the figures are read.
+
+mod floors;
+mod load;
+mod report;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::{DbArgs, KafkaArgs};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Base URL of the running API.
+    #[arg(long, env = "BENCH_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Closed loop: requests kept in flight. Also the connection count of the PostgreSQL floor.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// Open loop: offered orders per second, sent on schedule whatever the answers
+    /// (latency counts from the scheduled time). Without it the load is closed-loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 20)]
+    pub duration_secs: u64,
+    /// Longest wait, after the load, for the sent orders to settle (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub settle_timeout_secs: u64,
+    /// Pid of the service (`ordersaga all`), to sample its memory (RSS) while it runs.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Skip the floors (only drive the service).
+    #[arg(long)]
+    pub no_floors: bool,
+    /// Seconds of the PostgreSQL floor.
+    #[arg(long, default_value_t = 10)]
+    pub floor_secs: u64,
+    /// Round trips measured for the Kafka floor.
+    #[arg(long, default_value_t = 300)]
+    pub kafka_round_trips: usize,
+    /// Also write the figures as one JSON object to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// The service's database: settle times are read from its orders.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The service's Kafka settings: the round-trip floor uses the same ones.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Runs the floors, then the load, then prints the report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // reqwest is built without a default TLS crypto provider (see the user API client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let pool = PgPoolOptions::new()
+        .max_connections(args.concurrency + 2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&args.db.database_url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", args.db.database_url))?;
+
+    let floors = if args.no_floors {
+        None
+    } else {
+        let kafka = args.kafka.settings().map_err(anyhow::Error::msg)?;
+        eprintln!("bench: floor (b): Kafka produce → consume round trips");
+        let rtt = floors::kafka_round_trip(kafka, &run_id, args.kafka_round_trips).await?;
+        eprintln!(
+            "bench: floor (a): INSERT + COMMIT, {} connections, {} s",
+            args.concurrency, args.floor_secs
+        );
+        let insert = floors::postgres_insert(
+            &pool,
+            &run_id,
+            args.concurrency,
+            Duration::from_secs(args.floor_secs),
+        )
+        .await?;
+        Some(report::Floors { insert, rtt })
+    };
+
+    let load = load::drive(&args, &pool, &run_id).await?;
+    let report = report::Report::new(&args, floors, load);
+    println!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Latency samples in microseconds, summarised.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Summary {
+    pub fn of(mut micros: Vec<u64>) -> Self {
+        if micros.is_empty() {
+            return Self::default();
+        }
+        micros.sort_unstable();
+        let at = |q: f64| {
+            let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1;
+            micros[i] as f64 / 1000.0
+        };
+        Self {
+            count: micros.len(),
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            max_ms: *micros.last().unwrap() as f64 / 1000.0,
+        }
+    }
+}
+
+/// The resident set size of a process, in MiB, from /proc (Linux).
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let s = Summary::of((1..=100).map(|ms| ms * 1000).collect());
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50_ms, 50.0);
+        assert_eq!(s.p90_ms, 90.0);
+        assert_eq!(s.p99_ms, 99.0);
+        assert_eq!(s.max_ms, 100.0);
+        let one = Summary::of(vec![2500]);
+        assert_eq!((one.p50_ms, one.p99_ms, one.max_ms), (2.5, 2.5, 2.5));
+        assert_eq!(Summary::of(vec![]).count, 0);
+    }
+
+    #[test]
+    fn reads_this_process_rss() {
+        let rss = rss_mib(std::process::id()).expect("Linux /proc");
+        assert!(rss > 0.5 && rss < 4096.0, "{rss}");
+    }
+}

@@ -1,0 +1,141 @@
+//! The bench's report: ordersaga's figures beside their floors, as ratios.
+
+use super::floors::InsertFloor;
+use super::load::LoadResult;
+use super::{BenchArgs, Summary};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Floors {
+    /// (a) single-row INSERT + COMMIT at the same concurrency.
+    pub insert: InsertFloor,
+    /// (b) one produce → consume round trip.
+    pub rtt: Summary,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub concurrency: u32,
+    pub floors: Option<Floors>,
+    pub load: LoadResult,
+}
+
+fn ms(s: &Summary) -> String {
+    format!(
+        "{:.1} / {:.1} / {:.1} / {:.1}",
+        s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
+    )
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+impl Report {
+    pub fn new(args: &BenchArgs, floors: Option<Floors>, load: LoadResult) -> Self {
+        Self {
+            concurrency: args.concurrency,
+            floors,
+            load,
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("the report serializes")
+    }
+
+    pub fn markdown(&self) -> String {
+        let l = &self.load;
+        let f = self.floors.as_ref();
+        let mut out = format!(
+            "ordersaga bench: {}, {:.0} s; {} sent, {} accepted, {} errors; {} settled ({} approved, {} canceled), {} not settled\n\n",
+            l.mode,
+            l.load_secs,
+            l.sent,
+            l.accepted,
+            l.errors,
+            l.settled,
+            l.approved,
+            l.canceled,
+            l.unsettled
+        );
+        out += "| figure | ordersaga | floor | ratio |\n|---|---|---|---|\n";
+        let insert = f.map(|f| &f.insert);
+        out += &format!(
+            "| POST /api/orders, accepted/s | {:.0} | {} | {} |\n",
+            l.post_per_sec,
+            insert
+                .map(|i| format!(
+                    "(a) INSERT+COMMIT ×{}: {:.0}/s",
+                    self.concurrency, i.per_sec
+                ))
+                .unwrap_or("–".into()),
+            insert
+                .map(|i| ratio(l.post_per_sec, i.per_sec))
+                .unwrap_or("–".into()),
+        );
+        out += &format!(
+            "| POST latency p50 / p90 / p99 / max, ms | {} | {} | {} |\n",
+            ms(&l.post_latency),
+            insert.map(|i| ms(&i.latency)).unwrap_or("–".into()),
+            insert
+                .map(|i| ratio(l.post_latency.p50_ms, i.latency.p50_ms) + " (p50)")
+                .unwrap_or("–".into()),
+        );
+        let rtt = f.map(|f| &f.rtt);
+        out += &format!(
+            "| settle p50 / p90 / p99 / max, ms | {} | {} | {} |\n",
+            ms(&l.settle_latency),
+            rtt.map(|r| format!("(b) round trip: {}", ms(r)))
+                .unwrap_or("–".into()),
+            rtt.map(|r| format!(
+                "{} (p50), {} (p99)",
+                ratio(l.settle_latency.p50_ms, r.p50_ms),
+                ratio(l.settle_latency.p99_ms, r.p99_ms)
+            ))
+            .unwrap_or("–".into()),
+        );
+        if let Some(r) = rtt {
+            out += &format!(
+                "| settle target: p50 ≤ 3×(b)+5, p99 ≤ 3×(b)+20, ms | {:.1}, {:.1} | {:.1}, {:.1} | {} |\n",
+                l.settle_latency.p50_ms,
+                l.settle_latency.p99_ms,
+                3.0 * r.p50_ms + 5.0,
+                3.0 * r.p99_ms + 20.0,
+                if l.settle_latency.p50_ms <= 3.0 * r.p50_ms + 5.0
+                    && l.settle_latency.p99_ms <= 3.0 * r.p99_ms + 20.0
+                {
+                    "met"
+                } else {
+                    "not met"
+                }
+            );
+        }
+        out += &format!(
+            "| settled orders/s (whole run; slowest second) | {:.0}; {} | | |\n",
+            l.settled_per_sec,
+            l.settled_per_sec_worst_second
+                .map(|w| w.to_string())
+                .unwrap_or("–".into())
+        );
+        out += &format!(
+            "| service RSS, MiB (max; at the end) | {}; {} | | |\n",
+            l.rss_max_mib
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or("–".into()),
+            l.rss_end_mib
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or("–".into())
+        );
+        if !l.error_samples.is_empty() {
+            out += "\nerrors seen:\n";
+            for e in &l.error_samples {
+                out += &format!("- {e}\n");
+            }
+        }
+        out
+    }
+}
