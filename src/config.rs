@@ -410,6 +410,12 @@ fn ms(n: u64) -> Duration {
 }
 
 impl DbArgs {
+    /// Sets the PostgreSQL part of a run's settings.
+    fn apply(&self, s: &mut Settings) {
+        s.db = self.settings();
+        s.migrate_on_start = self.database_migrate_on_start;
+    }
+
     fn settings(&self) -> PgSettings {
         PgSettings {
             url: self.database_url.clone(),
@@ -420,6 +426,15 @@ impl DbArgs {
 }
 
 impl KafkaArgs {
+    /// Sets the Kafka part of a run's settings (client, topic upkeep, consumers).
+    fn apply(&self, s: &mut Settings) -> Result<(), String> {
+        s.kafka = self.settings()?;
+        s.create_topics = self.kafka_create_topics;
+        s.topic_check_interval = ms(self.kafka_topic_check_interval_ms);
+        s.consumer_max_attempts = self.consumer_max_attempts;
+        Ok(())
+    }
+
     pub fn settings(&self) -> Result<KafkaSettings, String> {
         if self.kafka_brokers.trim().is_empty() {
             return Err("KAFKA_BROKERS must name at least one broker".into());
@@ -460,6 +475,15 @@ impl MongoArgs {
 }
 
 impl SagaArgs {
+    /// Sets the orchestrator's part of a run's settings.
+    fn apply(&self, s: &mut Settings) {
+        s.saga = self.policy();
+        s.sweep_interval = ms(self.sweep_interval_ms);
+        s.start_grace = chrono::Duration::milliseconds(self.saga_start_grace_ms as i64);
+        s.processed_retention =
+            chrono::Duration::hours(self.processed_message_retention_hours.into());
+    }
+
     fn policy(&self) -> SagaPolicy {
         let d = |n: u64| chrono::Duration::milliseconds(n.min(i64::MAX as u64) as i64);
         SagaPolicy {
@@ -518,21 +542,13 @@ impl Command {
         Ok(match self {
             Command::All(a) => {
                 let mut s = base(&a.shutdown);
-                s.db = a.db.settings();
-                s.migrate_on_start = a.db.database_migrate_on_start;
-                s.kafka = a.kafka.settings()?;
-                s.create_topics = a.kafka.kafka_create_topics;
-                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
-                s.consumer_max_attempts = a.kafka.consumer_max_attempts;
+                a.db.apply(&mut s);
+                a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings();
                 s.http_addr = SocketAddr::new(a.http.host, a.http.port);
                 s.idempotency_ttl =
                     chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
-                s.saga = a.saga.policy();
-                s.sweep_interval = ms(a.saga.sweep_interval_ms);
-                s.start_grace = chrono::Duration::milliseconds(a.saga.saga_start_grace_ms as i64);
-                s.processed_retention =
-                    chrono::Duration::hours(a.saga.processed_message_retention_hours.into());
+                a.saga.apply(&mut s);
                 s.user_api = a.user_api.settings(if a.user_api_stub {
                     a.stub.user_api_port
                 } else {
@@ -545,11 +561,8 @@ impl Command {
             }
             Command::Api(a) => {
                 let mut s = base(&a.shutdown);
-                s.db = a.db.settings();
-                s.migrate_on_start = a.db.database_migrate_on_start;
-                s.kafka = a.kafka.settings()?;
-                s.create_topics = a.kafka.kafka_create_topics;
-                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
+                a.db.apply(&mut s);
+                a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings();
                 s.http_addr = SocketAddr::new(a.http.host, a.http.port);
                 s.idempotency_ttl =
@@ -566,18 +579,10 @@ impl Command {
             }
             Command::Orchestrator(a) => {
                 let mut s = base(&a.shutdown);
-                s.db = a.db.settings();
-                s.migrate_on_start = a.db.database_migrate_on_start;
-                s.kafka = a.kafka.settings()?;
-                s.create_topics = a.kafka.kafka_create_topics;
-                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
-                s.consumer_max_attempts = a.kafka.consumer_max_attempts;
+                a.db.apply(&mut s);
+                a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings();
-                s.saga = a.saga.policy();
-                s.sweep_interval = ms(a.saga.sweep_interval_ms);
-                s.start_grace = chrono::Duration::milliseconds(a.saga.saga_start_grace_ms as i64);
-                s.processed_retention =
-                    chrono::Duration::hours(a.saga.processed_message_retention_hours.into());
+                a.saga.apply(&mut s);
                 s.relay = a.relay.settings();
                 (
                     Roles {
@@ -590,10 +595,7 @@ impl Command {
             }
             Command::UserValidator(a) => {
                 let mut s = base(&a.shutdown);
-                s.kafka = a.kafka.settings()?;
-                s.create_topics = a.kafka.kafka_create_topics;
-                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
-                s.consumer_max_attempts = a.kafka.consumer_max_attempts;
+                a.kafka.apply(&mut s)?;
                 s.user_api = a.user_api.settings(8001);
                 (
                     Roles {
@@ -605,10 +607,7 @@ impl Command {
             }
             Command::BalanceValidator(a) => {
                 let mut s = base(&a.shutdown);
-                s.kafka = a.kafka.settings()?;
-                s.create_topics = a.kafka.kafka_create_topics;
-                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
-                s.consumer_max_attempts = a.kafka.consumer_max_attempts;
+                a.kafka.apply(&mut s)?;
                 s.balance_limit = a.balance.balance_limit;
                 (
                     Roles {
@@ -620,11 +619,8 @@ impl Command {
             }
             Command::Relay(a) => {
                 let mut s = base(&a.shutdown);
-                s.db = a.db.settings();
-                s.migrate_on_start = a.db.database_migrate_on_start;
-                s.kafka = a.kafka.settings()?;
-                s.create_topics = a.kafka.kafka_create_topics;
-                s.topic_check_interval = ms(a.kafka.kafka_topic_check_interval_ms);
+                a.db.apply(&mut s);
+                a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings();
                 s.relay = a.relay.settings();
                 (

@@ -51,6 +51,15 @@ struct Counters {
 }
 
 impl Counters {
+    fn new() -> Self {
+        Counters {
+            sent: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            samples: Default::default(),
+        }
+    }
+
     fn error(&self, what: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut s = self.samples.lock().unwrap();
@@ -117,12 +126,7 @@ async fn warm_up(
     run_id: &str,
 ) -> anyhow::Result<()> {
     let user = vec![format!("bench-{run_id}-warm-up")];
-    let c = Counters {
-        sent: AtomicU64::new(0),
-        accepted: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        samples: Default::default(),
-    };
+    let c = Counters::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     post(client, url, &user[0], Instant::now(), &c).await;
     anyhow::ensure!(
@@ -164,12 +168,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("the service at {} is not ready", args.url))?;
     warm_up(&client, &url, pool, run_id).await?;
-    let counters = Arc::new(Counters {
-        sent: AtomicU64::new(0),
-        accepted: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        samples: Default::default(),
-    });
+    let counters = Arc::new(Counters::new());
     let duration = Duration::from_secs(args.duration_secs);
     let mode = match args.rate {
         Some(rate) => format!("open loop, {rate} orders/s offered"),
