@@ -7,7 +7,7 @@ STACK := scripts/stack.sh
 WITH_STACK := set -a; . .stack/env; set +a;
 TEST_THREADS ?= 8
 
-.PHONY: help bench run test test-unit test-integration test-e2e fuzz-api drill stack-up stack-down stack-status migrate build fmt lint compose-up compose-down clean
+.PHONY: help bench run test test-unit test-integration test-e2e test-browser compose-check fuzz-api drill stack-up stack-down stack-status migrate build fmt lint compose-up compose-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -15,9 +15,11 @@ help: ## List the targets
 run: stack-up ## Start the local stack and run every component in one process on :8000
 	$(WITH_STACK) cargo run --bin ordersaga -- all
 
-test: stack-up ## Start the local stack if needed and run every test (unit, integration, cucumber, API fuzzing)
+test: stack-up ## Start the local stack if needed and run every test (unit, integration, cucumber, API fuzzing, browser, compose)
 	$(WITH_STACK) cargo test --all-targets -- --test-threads $(TEST_THREADS)
 	scripts/fuzz-api.sh
+	scripts/browser-test.sh
+	scripts/check-compose.sh
 
 test-unit: ## Domain and adapter unit tests only (no servers needed)
 	cargo test --lib --bins
@@ -36,6 +38,12 @@ bench: stack-up ## Measure a release `ordersaga all` against PostgreSQL and Kafk
 
 fuzz-api: stack-up build ## Fuzz the HTTP API with Schemathesis against its OpenAPI document
 	scripts/fuzz-api.sh
+
+test-browser: stack-up build ## The live saga page and Swagger UI in headless Chromium (skipped without Chromium)
+	scripts/browser-test.sh
+
+compose-check: ## Validate docker-compose.yml with the Compose client (no Docker engine needed)
+	scripts/check-compose.sh
 
 stack-up: ## Install (if missing) and start PostgreSQL, Kafka (tansu) and MongoDB (SecantusDB) on 127.0.0.1
 	@$(STACK) up

@@ -12,6 +12,7 @@ Feature: The API documents itself
       | get    | /api/methods            |
       | get    | /health                 |
       | get    | /ready                  |
+      | get    | /metrics                |
 
   Scenario: Swagger UI is served, and the reference's address leads to it
     Then "/swagger-ui/" answers 200

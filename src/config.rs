@@ -55,6 +55,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Measures a running ordersaga over HTTP against PostgreSQL and Kafka floors (docs/performance.md).
     Bench(crate::bench::BenchArgs),
+    /// Asks a URL once and exits 0 on a 2xx answer: a health check for containers without curl.
+    Probe(crate::adapters::http::probe::ProbeArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -273,6 +275,25 @@ pub struct StubArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Operations")]
+pub struct OpsArgs {
+    /// Port of this component's /health, /ready and /metrics (components without the API); unset: none.
+    #[arg(long, env = "OPS_PORT")]
+    pub ops_port: Option<u16>,
+    /// Address that port listens on.
+    #[arg(long, env = "OPS_HOST", default_value = "0.0.0.0")]
+    pub ops_host: IpAddr,
+}
+
+impl OpsArgs {
+    fn apply(&self, s: &mut Settings) {
+        s.ops_addr = self
+            .ops_port
+            .map(|port| SocketAddr::new(self.ops_host, port));
+    }
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct ShutdownArgs {
     /// On SIGTERM: how long /ready reports draining before work stops, in ms.
     #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 0)]
@@ -342,6 +363,8 @@ pub struct OrchestratorArgs {
     #[command(flatten)]
     pub relay: RelayArgs,
     #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
 
@@ -352,6 +375,8 @@ pub struct UserValidatorArgs {
     #[command(flatten)]
     pub user_api: UserApiClientArgs,
     #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
 
@@ -361,6 +386,8 @@ pub struct BalanceValidatorArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub balance: BalanceArgs,
+    #[command(flatten)]
+    pub ops: OpsArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
@@ -375,6 +402,8 @@ pub struct RelayOnlyArgs {
     pub mongo: MongoArgs,
     #[command(flatten)]
     pub relay: RelayArgs,
+    #[command(flatten)]
+    pub ops: OpsArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
@@ -579,6 +608,7 @@ impl Command {
             }
             Command::Orchestrator(a) => {
                 let mut s = base(&a.shutdown);
+                a.ops.apply(&mut s);
                 a.db.apply(&mut s);
                 a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings();
@@ -595,6 +625,7 @@ impl Command {
             }
             Command::UserValidator(a) => {
                 let mut s = base(&a.shutdown);
+                a.ops.apply(&mut s);
                 a.kafka.apply(&mut s)?;
                 s.user_api = a.user_api.settings(8001);
                 (
@@ -607,6 +638,7 @@ impl Command {
             }
             Command::BalanceValidator(a) => {
                 let mut s = base(&a.shutdown);
+                a.ops.apply(&mut s);
                 a.kafka.apply(&mut s)?;
                 s.balance_limit = a.balance.balance_limit;
                 (
@@ -619,6 +651,7 @@ impl Command {
             }
             Command::Relay(a) => {
                 let mut s = base(&a.shutdown);
+                a.ops.apply(&mut s);
                 a.db.apply(&mut s);
                 a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings();
@@ -644,6 +677,7 @@ impl Command {
             }
             Command::Migrate(_) => return Err("migrate runs no components".into()),
             Command::Bench(_) => return Err("bench runs no components".into()),
+            Command::Probe(_) => return Err("probe runs no components".into()),
         })
     }
 }

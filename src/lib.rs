@@ -3,7 +3,7 @@
 //! - [`domain`]: orders, money, payment methods, the saga state machine (pure);
 //! - [`application`]: use cases and the ports they need;
 //! - [`adapters`]: HTTP, PostgreSQL, MongoDB, Kafka and the user API;
-//! - [`config`], [`startup`], [`telemetry`]: reading settings, wiring, logging;
+//! - [`config`], [`startup`], [`telemetry`], [`metrics`]: reading settings, wiring, logging, metrics;
 //! - [`bench`]: the `ordersaga bench` measuring tool (not part of the service).
 
 pub mod adapters;
@@ -11,5 +11,6 @@ pub mod application;
 pub mod bench;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod startup;
 pub mod telemetry;

@@ -83,6 +83,8 @@ pub struct Settings {
     pub mongo: MongoSettings,
     pub http_addr: SocketAddr,
     pub stub_addr: SocketAddr,
+    /// Where a process without the API serves /health, /ready and /metrics (OPS_PORT).
+    pub ops_addr: Option<SocketAddr>,
     pub idempotency_ttl: chrono::Duration,
     pub saga: SagaPolicy,
     pub sweep_interval: Duration,
@@ -132,6 +134,7 @@ impl Default for Settings {
             },
             http_addr: "0.0.0.0:8000".parse().expect("valid"),
             stub_addr: "0.0.0.0:8001".parse().expect("valid"),
+            ops_addr: None,
             idempotency_ttl: chrono::Duration::hours(24),
             saga: SagaPolicy::default(),
             sweep_interval: Duration::from_millis(250),
@@ -157,6 +160,8 @@ impl Default for Settings {
 pub struct Running {
     pub api_addr: Option<SocketAddr>,
     pub stub_addr: Option<SocketAddr>,
+    /// /health, /ready and /metrics of a process without the API.
+    pub ops_addr: Option<SocketAddr>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
@@ -195,6 +200,7 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
 pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> {
+    crate::metrics::install();
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let mut dependencies = Vec::new();
@@ -411,8 +417,22 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         tracing::info!(addr = %api_addr.unwrap(), "API listening");
     }
 
+    let mut ops_addr = None;
+    if let (false, Some(addr)) = (roles.api, settings.ops_addr) {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for /health, /ready and /metrics (OPS_HOST/OPS_PORT)")
+        })?;
+        ops_addr = Some(listener.local_addr()?);
+        let token = shutdown.clone();
+        let grace = settings.shutdown_timeout;
+        let app = http::ops_router(readiness.clone());
+        tasks.spawn(async move { ("ops", http::serve(listener, app, token, grace).await) });
+        tracing::info!(addr = %ops_addr.unwrap(), "operations endpoint listening");
+    }
+
     Ok(Running {
         api_addr,
+        ops_addr,
         stub_addr,
         readiness,
         shutdown,

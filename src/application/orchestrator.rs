@@ -22,7 +22,8 @@ use super::messages::{
     Topic, UserValidated, ValidateBalance, ValidateUser,
 };
 use super::ports::{
-    HandleError, MessageHandler, NewEvent, SagaContext, SagaOutcome, SagaStore, SagaWrite,
+    HandleError, MessageHandler, NewEvent, SagaContext, SagaDecision, SagaOutcome, SagaStore,
+    SagaWrite,
 };
 
 /// Consumer name under which processed message ids are recorded.
@@ -62,14 +63,10 @@ impl Orchestrator {
         let now = Utc::now();
         let due = self.store.due(now, now - self.start_grace, limit).await?;
         for order_id in &due {
-            let policy = self.policy;
-            self.store
-                .transact(
-                    *order_id,
-                    None,
-                    Box::new(move |ctx| decide(ctx, Input::Tick, &policy, Utc::now())),
-                )
-                .await?;
+            let (decision, observed) = observed_decision(Input::Tick, self.policy);
+            if self.store.transact(*order_id, None, decision).await? == SagaOutcome::Applied {
+                observed.record();
+            }
         }
         Ok(due.len())
     }
@@ -86,15 +83,14 @@ impl Orchestrator {
         message_id: Uuid,
         input: Input,
     ) -> Result<SagaOutcome, HandleError> {
-        let policy = self.policy;
+        let (decision, observed) = observed_decision(input, self.policy);
         let outcome = self
             .store
-            .transact(
-                order_id,
-                Some((CONSUMER, message_id)),
-                Box::new(move |ctx| decide(ctx, input, &policy, Utc::now())),
-            )
+            .transact(order_id, Some((CONSUMER, message_id)), decision)
             .await?;
+        if outcome == SagaOutcome::Applied {
+            observed.record();
+        }
         match outcome {
             SagaOutcome::UnknownOrder => Err(HandleError::Poison(format!(
                 "order {order_id} does not exist"
@@ -154,6 +150,73 @@ impl MessageHandler for Orchestrator {
         }
         Ok(())
     }
+}
+
+/// What a committed decision tells the metrics (see `crate::metrics`).
+#[derive(Debug, Default)]
+struct Observation {
+    /// A step's reply was accepted: which, its outcome, and how long after the saga started.
+    reply: Option<(Step, StepOutcome, f64)>,
+    /// The order settled: its status, cancel reason, and how long after its creation.
+    settled: Option<(OrderStatus, Option<&'static str>, f64)>,
+}
+
+#[derive(Clone, Default)]
+struct Observed(Arc<std::sync::Mutex<Observation>>);
+
+impl Observed {
+    fn record(&self) {
+        let o = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some((step, outcome, secs)) = o.reply {
+            let outcome = match outcome {
+                StepOutcome::Passed => "passed",
+                StepOutcome::Failed(_) => "failed",
+                StepOutcome::Unavailable => "unavailable",
+            };
+            let labels = [("step", step.as_str()), ("outcome", outcome)];
+            metrics::histogram!(crate::metrics::STEP_DURATION, &labels).record(secs);
+        }
+        if let Some((status, reason, secs)) = o.settled {
+            let labels = [
+                ("status", status.to_string()),
+                ("reason", reason.unwrap_or("").to_owned()),
+            ];
+            metrics::counter!(crate::metrics::ORDERS_SETTLED, &labels).increment(1);
+            metrics::histogram!(crate::metrics::SAGA_DURATION, "status" => status.to_string())
+                .record(secs);
+        }
+    }
+}
+
+/// The decision for `input`, and where it leaves what the metrics should
+/// learn once the transaction has committed.
+fn observed_decision(input: Input, policy: SagaPolicy) -> (SagaDecision, Observed) {
+    let observed = Observed::default();
+    let sink = observed.clone();
+    let decision: SagaDecision = Box::new(move |ctx| {
+        let now = Utc::now();
+        let write = decide(ctx, input, &policy, now)?;
+        let mut o = sink.0.lock().unwrap_or_else(|e| e.into_inner());
+        let secs =
+            |since: DateTime<Utc>| (now - since).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        if let (Input::Reply { step, outcome, .. }, Some(saga)) = (input, &ctx.saga)
+            && write
+                .events
+                .iter()
+                .any(|e| e.kind == SagaEventKind::ReplyReceived)
+        {
+            o.reply = Some((step, outcome, secs(saga.started_at)));
+        }
+        if let Some(s) = write.settle {
+            o.settled = Some((
+                s.status(),
+                s.cancel_reason().map(|r| r.as_str()),
+                secs(ctx.order.created_at),
+            ));
+        }
+        Some(write)
+    });
+    (decision, observed)
 }
 
 /// The decision: runs the state machine on the locked saga and turns its

@@ -111,10 +111,13 @@ impl OrderService {
             .place(&order, correlation_id, claim.as_ref(), &message, &event)
             .await?
         {
-            PlaceOutcome::Created(order) => Ok(Placed {
-                order,
-                created: true,
-            }),
+            PlaceOutcome::Created(order) => {
+                ::metrics::counter!(crate::metrics::ORDERS_PLACED).increment(1);
+                Ok(Placed {
+                    order,
+                    created: true,
+                })
+            }
             PlaceOutcome::Replayed(order) => Ok(Placed {
                 order,
                 created: false,
@@ -141,6 +144,11 @@ impl OrderService {
     ) -> Result<(u32, OrderPage), AppError> {
         let limit = limit.clamp(1, MAX_PAGE_SIZE);
         Ok((limit, self.store.list_for_user(user, offset, limit).await?))
+    }
+
+    /// The most recently placed orders (at most [`MAX_PAGE_SIZE`]), newest first.
+    pub async fn recent(&self, limit: u32) -> Result<Vec<Order>, AppError> {
+        Ok(self.store.recent(limit.clamp(1, MAX_PAGE_SIZE)).await?)
     }
 
     /// The order's saga timeline from the event log.

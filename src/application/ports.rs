@@ -114,6 +114,8 @@ pub trait OrderStore: Send + Sync {
         offset: u64,
         limit: u32,
     ) -> Result<OrderPage, StoreError>;
+    /// The most recently placed orders, newest first, whoever placed them.
+    async fn recent(&self, limit: u32) -> Result<Vec<Order>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
@@ -200,6 +202,15 @@ pub enum OutboxKind {
     Events,
 }
 
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Messages => "messages",
+            OutboxKind::Events => "events",
+        }
+    }
+}
+
 /// The relay's side of the two outboxes. Each call locks a batch of pending
 /// rows (rows locked by another relay are skipped), hands them to the sink and
 /// removes (or marks) them only if the sink succeeded, in one transaction: a
@@ -214,6 +225,8 @@ pub trait Outbox: Send + Sync {
     async fn relay_events(&self, limit: u32, sink: &dyn EventLog) -> Result<usize, RelayError>;
     /// Waits until new rows of that kind may be pending, or `timeout` passes.
     async fn wait_for_work(&self, kind: OutboxKind, timeout: Duration);
+    /// How many rows of that kind are waiting.
+    async fn backlog(&self, kind: OutboxKind) -> Result<u64, StoreError>;
 }
 
 /// The event log (MongoDB): one document per saga event, no duplicates.

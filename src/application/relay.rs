@@ -17,6 +17,8 @@ pub struct RelaySettings {
     pub idle_poll: Duration,
     /// Longest pause after a failure (pauses double from 50 ms up to this).
     pub max_backoff: Duration,
+    /// How often the backlog gauges (`ordersaga_outbox_backlog`) are refreshed.
+    pub backlog_interval: Duration,
 }
 
 impl Default for RelaySettings {
@@ -25,6 +27,7 @@ impl Default for RelaySettings {
             batch_size: 500,
             idle_poll: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
+            backlog_interval: Duration::from_secs(5),
         }
     }
 }
@@ -74,9 +77,35 @@ impl Relay {
         };
         let events = {
             let relay = self.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move { relay.drain_loop(OutboxKind::Events, shutdown).await })
         };
-        let _ = tokio::join!(messages, events);
+        let gauges = {
+            let relay = self.clone();
+            tokio::spawn(async move { relay.backlog_loop(shutdown).await })
+        };
+        let _ = tokio::join!(messages, events, gauges);
+    }
+
+    /// Keeps the backlog gauges current; a failed count leaves the last value.
+    async fn backlog_loop(&self, shutdown: CancellationToken) {
+        loop {
+            for kind in [OutboxKind::Messages, OutboxKind::Events] {
+                match self.outbox.backlog(kind).await {
+                    Ok(n) => {
+                        metrics::gauge!(crate::metrics::OUTBOX_BACKLOG, "kind" => kind.as_str())
+                            .set(n as f64)
+                    }
+                    Err(e) => {
+                        tracing::debug!(outbox = kind.as_str(), error = %e, "cannot count the backlog")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.backlog_interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     async fn drain_loop(&self, kind: OutboxKind, shutdown: CancellationToken) {
@@ -88,6 +117,8 @@ impl Relay {
             };
             match result {
                 Ok(n) => {
+                    metrics::counter!(crate::metrics::OUTBOX_RELAYED, "kind" => kind.as_str())
+                        .increment(n as u64);
                     backoff = Duration::from_millis(50);
                     if n as u32 >= self.settings.batch_size {
                         continue; // more may be waiting

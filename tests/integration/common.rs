@@ -226,6 +226,8 @@ pub fn free_port() -> u16 {
 /// The `ordersaga` binary running as a child process, killed when dropped.
 pub struct Process {
     pub name: String,
+    /// Where its stderr (the log) goes.
+    pub log_path: std::path::PathBuf,
     child: Child,
 }
 
@@ -251,6 +253,7 @@ impl Process {
         );
         Self {
             name: name.into(),
+            log_path,
             child,
         }
     }

@@ -453,6 +453,7 @@ async fn health_readiness_and_the_swagger_document() {
         "/api/methods",
         "/health",
         "/ready",
+        "/metrics",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} not documented");
     }

@@ -5,11 +5,13 @@
 //! stop a server start a private one.
 
 mod common;
+mod compose;
 mod e2e;
 mod failures;
 mod http_api;
 mod kafka;
 mod mongo;
+mod observability;
 mod orchestrator;
 mod postgres;
 mod scale;

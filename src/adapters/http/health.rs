@@ -1,6 +1,7 @@
 //! `/health` (the process is alive) and `/ready` (its dependencies answer).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -8,7 +9,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
+use crate::application::health::Readiness;
 
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct HealthBody {
@@ -46,8 +47,8 @@ pub struct ReadyBody {
         (status = 503, description = "A dependency is unreachable, or the process is draining", body = ReadyBody),
     )
 )]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyBody>) {
-    let report = state.readiness.check().await;
+pub async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, Json<ReadyBody>) {
+    let report = readiness.check().await;
     let checks: BTreeMap<String, String> = report
         .checks
         .iter()

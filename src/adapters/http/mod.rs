@@ -3,8 +3,11 @@
 pub mod error;
 pub mod form;
 pub mod health;
+pub mod observe;
 pub mod openapi;
 pub mod orders;
+pub mod probe;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +28,7 @@ use crate::application::orders::OrderService;
 
 use error::ApiError;
 
-#[derive(Clone)]
+#[derive(Clone, axum::extract::FromRef)]
 pub struct AppState {
     pub orders: Arc<OrderService>,
     pub readiness: Arc<Readiness>,
@@ -42,6 +45,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/methods", get(orders::methods))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/metrics", get(observe::prometheus))
+        .route("/ui", get(ui::page))
+        .route("/ui/stream", get(ui::stream))
+        .route("/", get(|| async { Redirect::temporary("/ui") }))
         .route(
             "/swagger/index.html",
             get(|| async { Redirect::permanent("/swagger-ui/") }),
@@ -51,23 +58,38 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Redirect::permanent("/swagger-ui/") }),
         )
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn(observe::track))
         .with_state(state);
     Router::new()
-        .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(
+            SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", openapi::ApiDoc::openapi()),
+        )
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(form::MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+            .into_response()
         }))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                let id = req.headers().get(orders::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// The operations endpoints alone (`/health`, `/ready`, `/metrics`), for a
+/// component that does not serve the API (OPS_PORT).
+pub fn ops_router(readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(observe::prometheus))
+        .route_layer(axum::middleware::from_fn(observe::track))
+        .fallback(not_found)
+        .with_state(readiness)
 }
 
 async fn not_found() -> Response {

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::{error, health, orders};
+use super::{error, health, observe, orders};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,11 +19,12 @@ use super::{error, health, orders};
         orders::methods,
         health::health,
         health::ready,
+        observe::prometheus,
     ),
     components(schemas(error::ErrorBody, error::FieldProblem)),
     tags(
         (name = "orders", description = "Orders and their saga"),
-        (name = "operations", description = "Health and readiness"),
+        (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
 pub struct ApiDoc;

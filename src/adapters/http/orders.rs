@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::form::OrderForm;
+use super::observe;
 use crate::application::AppError;
 use crate::application::orders::MAX_PAGE_SIZE;
 use crate::application::ports::EventRecord;
@@ -203,6 +204,7 @@ pub async fn place_order(
         })?),
     };
     let placed = state.orders.place(new, &correlation_id, key).await?;
+    observe::record_order_id(placed.order.id);
     let status = if placed.created {
         StatusCode::CREATED
     } else {
@@ -233,6 +235,7 @@ pub async fn get_order(
     Path(id): Path<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let id = parse_order_id(&id)?;
+    observe::record_order_id(id);
     Ok(Json(state.orders.get(id).await?.into()))
 }
 

@@ -17,15 +17,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::KafkaSettings;
-use crate::application::messages::{InboundMessage, Topic};
+use crate::application::messages::{
+    HEADER_CORRELATION_ID, HEADER_MESSAGE_ID, HEADER_MESSAGE_TYPE, InboundMessage, Topic,
+};
 use crate::application::ports::{HandleError, MessageHandler, MessagePublisher};
 
 /// Messages read ahead for each lane.
@@ -58,10 +63,45 @@ impl ConsumerSettings {
     }
 }
 
-fn create(kafka: &KafkaSettings, settings: &ConsumerSettings) -> anyhow::Result<StreamConsumer> {
+/// librdkafka statistics every this often feed the consumer-lag gauge
+/// (`statistics.interval.ms` in KAFKA_EXTRA_CONFIG overrides it; 0 turns it off).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// A consumer whose context turns librdkafka statistics into the lag gauge.
+type Client = StreamConsumer<LagStats>;
+
+struct LagStats {
+    component: &'static str,
+}
+
+impl ClientContext for LagStats {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                // Partition -1 is librdkafka's internal one; a negative lag means unknown.
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(crate::metrics::CONSUMER_LAG, "component" => self.component, "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagStats {}
+
+fn create(kafka: &KafkaSettings, settings: &ConsumerSettings) -> anyhow::Result<Client> {
     let group = kafka.group(settings.component);
-    let consumer: StreamConsumer = kafka
-        .base_config(&format!("ordersaga-{}", settings.component))
+    let mut config = kafka.base_config(&format!("ordersaga-{}", settings.component));
+    if !kafka
+        .extra
+        .iter()
+        .any(|(k, _)| k == "statistics.interval.ms")
+    {
+        config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    }
+    let consumer: Client = config
         .set("group.id", &group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
@@ -80,7 +120,9 @@ fn create(kafka: &KafkaSettings, settings: &ConsumerSettings) -> anyhow::Result<
             "fetch.wait.max.ms",
             kafka.fetch_wait_max.as_millis().to_string(),
         )
-        .create()
+        .create_with_context(LagStats {
+            component: settings.component,
+        })
         .with_context(|| format!("cannot create the Kafka consumer for group {group}"))?;
     let topics: Vec<String> = settings.topics.iter().map(|t| kafka.topic(*t)).collect();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -183,7 +225,7 @@ pub async fn run_consumer(
 async fn consume(
     kafka: &KafkaSettings,
     settings: &ConsumerSettings,
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<Client>,
     handler: &dyn MessageHandler,
     dead_letters: &dyn MessagePublisher,
     shutdown: &CancellationToken,
@@ -198,10 +240,24 @@ async fn consume(
                 return; // what is still queued is redelivered to the next owner
             }
             let msg = inbound(kafka, &message);
-            if !handle_with_retries(settings, handler, dead_letters, &msg, shutdown).await {
+            let span = message_span(settings.component, &msg);
+            let started = std::time::Instant::now();
+            let Some(result) = handle_with_retries(settings, handler, dead_letters, &msg, shutdown)
+                .instrument(span.clone())
+                .await
+            else {
                 // Interrupted by shutdown: leave the offset so the message is redelivered.
                 return;
-            }
+            };
+            let took = started.elapsed();
+            span.in_scope(|| {
+                tracing::debug!(
+                    ?result,
+                    took_ms = took.as_secs_f64() * 1e3,
+                    "message handled"
+                )
+            });
+            observe_handled(settings.component, &msg, result, took);
             if let Err(e) =
                 consumer.store_offset(message.topic(), message.partition(), message.offset())
             {
@@ -260,7 +316,7 @@ async fn consume(
 async fn topics_present(
     kafka: &KafkaSettings,
     settings: &ConsumerSettings,
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<Client>,
 ) -> bool {
     let wanted: Vec<String> = settings.topics.iter().map(|t| kafka.topic(*t)).collect();
     let consumer = consumer.clone();
@@ -281,7 +337,7 @@ async fn topics_present(
 
 /// Commits the stored offsets, then leaves the group (or just goes), with a
 /// bound on how long that takes.
-async fn teardown(consumer: Arc<StreamConsumer>, leave: bool, settings: &ConsumerSettings) {
+async fn teardown(consumer: Arc<Client>, leave: bool, settings: &ConsumerSettings) {
     let teardown = tokio::task::spawn_blocking(move || {
         // A metadata probe that timed out may still hold a clone for a moment.
         let mut consumer = consumer;
@@ -324,7 +380,49 @@ async fn teardown(consumer: Arc<StreamConsumer>, leave: bool, settings: &Consume
     }
 }
 
-/// Handles one message until it succeeds or is dead-lettered. Returns false
+/// The span a message is handled in: its place in the log, its ids, and the
+/// order (the message key) and correlation id it carries.
+fn message_span(component: &'static str, msg: &InboundMessage) -> tracing::Span {
+    let key = msg
+        .key
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    tracing::info_span!(
+        "message",
+        component,
+        topic = %msg.topic_name,
+        partition = msg.partition,
+        offset = msg.offset,
+        order_id = %key,
+        message_id = msg.header(HEADER_MESSAGE_ID).unwrap_or(""),
+        message_type = msg.header(HEADER_MESSAGE_TYPE).unwrap_or(""),
+        correlation_id = msg.header(HEADER_CORRELATION_ID).unwrap_or(""),
+    )
+}
+
+/// How a message left the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    Ok,
+    DeadLettered,
+}
+
+fn observe_handled(component: &'static str, msg: &InboundMessage, result: Handled, took: Duration) {
+    let result = match result {
+        Handled::Ok => "ok",
+        Handled::DeadLettered => "dead_lettered",
+    };
+    let topic = msg.topic_name.clone();
+    metrics::counter!(crate::metrics::MESSAGES_HANDLED, "component" => component, "topic" => topic.clone(), "result" => result)
+        .increment(1);
+    metrics::histogram!(crate::metrics::MESSAGE_DURATION, "component" => component, "topic" => topic.clone())
+        .record(took.as_secs_f64());
+    metrics::gauge!(crate::metrics::CONSUMER_OFFSET, "component" => component, "topic" => topic, "partition" => msg.partition.to_string())
+        .set(msg.offset as f64);
+}
+
+/// Handles one message until it succeeds or is dead-lettered. Returns `None`
 /// if shutdown interrupted it before either.
 async fn handle_with_retries(
     settings: &ConsumerSettings,
@@ -332,12 +430,12 @@ async fn handle_with_retries(
     dead_letters: &dyn MessagePublisher,
     msg: &InboundMessage,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Option<Handled> {
     let mut attempt = 0u32;
     let mut backoff = settings.initial_backoff;
     loop {
         let error = match handler.handle(msg).await {
-            Ok(()) => return true,
+            Ok(()) => return Some(Handled::Ok),
             Err(HandleError::Poison(reason)) => Some(reason),
             Err(HandleError::Unavailable(reason)) => {
                 tracing::warn!(component = settings.component, topic = %msg.topic_name, offset = msg.offset, %reason, "dependency unavailable; will retry");
@@ -354,10 +452,12 @@ async fn handle_with_retries(
             }
         };
         if let Some(reason) = error {
-            return dead_letter(settings, dead_letters, msg, &reason, shutdown).await;
+            return dead_letter(settings, dead_letters, msg, &reason, shutdown)
+                .await
+                .then_some(Handled::DeadLettered);
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(settings.max_backoff);
@@ -375,7 +475,11 @@ async fn dead_letter(
     let mut backoff = settings.initial_backoff;
     loop {
         match dead_letters.dead_letter(msg, reason).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                metrics::counter!(crate::metrics::DEAD_LETTERS, "component" => settings.component, "topic" => msg.topic_name.clone())
+                    .increment(1);
+                return true;
+            }
             Err(e) => tracing::warn!(error = %e, "cannot publish dead letter; will retry"),
         }
         tokio::select! {

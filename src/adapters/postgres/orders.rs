@@ -247,6 +247,16 @@ impl OrderStore for PgStore {
         })
     }
 
+    async fn recent(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY seq DESC LIMIT $1");
+        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.into_iter().map(Order::try_from).collect()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         PgStore::ping(self).await
     }

@@ -136,4 +136,16 @@ impl Outbox for PgStore {
         };
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
     }
+
+    async fn backlog(&self, kind: OutboxKind) -> Result<u64, StoreError> {
+        let sql = match kind {
+            OutboxKind::Messages => "SELECT count(*) FROM outbox",
+            OutboxKind::Events => "SELECT count(*) FROM saga_events WHERE logged_at IS NULL",
+        };
+        let n: i64 = sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(n.max(0) as u64)
+    }
 }
