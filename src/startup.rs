@@ -193,6 +193,37 @@ where
     }
 }
 
+/// An HTTP server among the process's components.
+struct Server {
+    /// The component name its task reports under.
+    name: &'static str,
+    /// What it serves, and the settings that place it (for the bind error).
+    what: &'static str,
+}
+
+impl Server {
+    /// Binds `addr` and serves `app` as a component task until `shutdown`;
+    /// returns the bound address (port 0 picks a free one).
+    async fn spawn(
+        self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        addr: SocketAddr,
+        app: axum::Router,
+        shutdown: &CancellationToken,
+        grace: Duration,
+    ) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for {}", self.what))?;
+        let bound = listener.local_addr()?;
+        let token = shutdown.clone();
+        let name = self.name;
+        tasks.spawn(async move { (name, http::serve(listener, app, token, grace).await) });
+        tracing::info!(addr = %bound, component = name, "listening");
+        Ok(bound)
+    }
+}
+
 /// How often the orchestrator purges old processed ids and expired idempotency keys.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
@@ -208,24 +239,21 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
     // The stub goes first so a user validator in the same process can reach it.
     let mut stub_addr = None;
     if roles.user_api_stub {
-        let listener = tokio::net::TcpListener::bind(settings.stub_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for the stub user API (USER_API_PORT)",
-                    settings.stub_addr
+        let server = Server {
+            name: "user-api",
+            what: "the stub user API (USER_API_PORT)",
+        };
+        stub_addr = Some(
+            server
+                .spawn(
+                    &mut tasks,
+                    settings.stub_addr,
+                    user_api::stub_router(),
+                    &shutdown,
+                    settings.shutdown_timeout,
                 )
-            })?;
-        stub_addr = Some(listener.local_addr()?);
-        let token = shutdown.clone();
-        let grace = settings.shutdown_timeout;
-        tasks.spawn(async move {
-            (
-                "user-api",
-                http::serve(listener, user_api::stub_router(), token, grace).await,
-            )
-        });
-        tracing::info!(addr = %stub_addr.unwrap(), "stub user API listening");
+                .await?,
+        );
     }
 
     let store = if roles.postgres() {
@@ -402,32 +430,35 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             orders,
             readiness: readiness.clone(),
         });
-        let listener = tokio::net::TcpListener::bind(settings.http_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for the API (HOST/PORT)",
-                    settings.http_addr
+        let server = Server {
+            name: "api",
+            what: "the API (HOST/PORT)",
+        };
+        api_addr = Some(
+            server
+                .spawn(
+                    &mut tasks,
+                    settings.http_addr,
+                    app,
+                    &shutdown,
+                    settings.shutdown_timeout,
                 )
-            })?;
-        api_addr = Some(listener.local_addr()?);
-        let token = shutdown.clone();
-        let grace = settings.shutdown_timeout;
-        tasks.spawn(async move { ("api", http::serve(listener, app, token, grace).await) });
-        tracing::info!(addr = %api_addr.unwrap(), "API listening");
+                .await?,
+        );
     }
 
     let mut ops_addr = None;
     if let (false, Some(addr)) = (roles.api, settings.ops_addr) {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen on {addr} for /health, /ready and /metrics (OPS_HOST/OPS_PORT)")
-        })?;
-        ops_addr = Some(listener.local_addr()?);
-        let token = shutdown.clone();
-        let grace = settings.shutdown_timeout;
+        let server = Server {
+            name: "ops",
+            what: "/health, /ready and /metrics (OPS_HOST/OPS_PORT)",
+        };
         let app = http::ops_router(readiness.clone());
-        tasks.spawn(async move { ("ops", http::serve(listener, app, token, grace).await) });
-        tracing::info!(addr = %ops_addr.unwrap(), "operations endpoint listening");
+        ops_addr = Some(
+            server
+                .spawn(&mut tasks, addr, app, &shutdown, settings.shutdown_timeout)
+                .await?,
+        );
     }
 
     Ok(Running {

@@ -15,8 +15,6 @@ fn compose() -> Value {
     let text = std::fs::read_to_string(path).expect("docker-compose.yml is readable");
     let mut doc: Value = serde_yaml_ng::from_str(&text).expect("docker-compose.yml is YAML");
     doc.apply_merge().expect("merge keys resolve");
-    // Merge keys nested in anchors need a second pass once the outer ones are applied.
-    doc.apply_merge().expect("merge keys resolve");
     doc
 }
 
@@ -31,9 +29,7 @@ fn services(doc: &Value) -> BTreeMap<String, Value> {
 
 fn environment(service: &Value) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
-    let mut value = service["environment"].clone();
-    value.apply_merge().unwrap();
-    if let Some(map) = value.as_mapping() {
+    if let Some(map) = service["environment"].as_mapping() {
         for (k, v) in map {
             let v = match v {
                 Value::String(s) => s.clone(),

@@ -43,9 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/order/{id}/events", get(orders::order_events))
         .route("/api/orders/{user_id}", get(orders::list_orders))
         .route("/api/methods", get(orders::methods))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(observe::prometheus))
+        .merge(ops_routes())
         .route("/ui", get(ui::page))
         .route("/ui/stream", get(ui::stream))
         .route("/", get(|| async { Redirect::temporary("/ui") }))
@@ -80,13 +78,22 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
-/// The operations endpoints alone (`/health`, `/ready`, `/metrics`), for a
-/// component that does not serve the API (OPS_PORT).
-pub fn ops_router(readiness: Arc<Readiness>) -> Router {
+/// `/health`, `/ready` and `/metrics`, in any router whose state holds the readiness checks.
+fn ops_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Readiness>: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(observe::prometheus))
+}
+
+/// The operations endpoints alone, for a component that does not serve the
+/// API (OPS_PORT).
+pub fn ops_router(readiness: Arc<Readiness>) -> Router {
+    ops_routes()
         .route_layer(axum::middleware::from_fn(observe::track))
         .fallback(not_found)
         .with_state(readiness)

@@ -213,6 +213,14 @@ pub async fn place_order(
     Ok((status, Json(placed.order.into())))
 }
 
+/// The query string's parameters (the last of a repeated name wins). Read
+/// by hand rather than with axum's `Query`, so a bad value gets our JSON error.
+pub(super) fn query_params(raw: Option<String>) -> HashMap<String, String> {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
 fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
     raw.parse::<OrderId>()
         .map_err(|_| ApiError::bad_request("id", format!("{raw:?} is not a UUID")))
@@ -302,10 +310,7 @@ pub async fn list_orders(
     Path(user_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<OrderListBody>, ApiError> {
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
+    let query = query_params(query);
     let user =
         UserId::parse(&user_id).map_err(|e| ApiError::bad_request("user_id", e.to_string()))?;
     let offset: i64 = query_number(&query, "offset", 0, "a whole number from 0")?;

@@ -6,7 +6,6 @@
 //! saga. It is for people, not for integrations: it is not part of the
 //! OpenAPI document.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use futures::{Stream, StreamExt, stream};
 
 use super::AppState;
 use super::error::ApiError;
-use super::orders::{EventBody, OrderBody};
+use super::orders::{EventBody, OrderBody, query_params};
 use crate::application::orders::OrderService;
 use crate::domain::{OrderId, OrderStatus};
 
@@ -37,10 +36,7 @@ pub async fn stream(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
+    let query = query_params(query);
     let watched = match query.get("order").filter(|s| !s.is_empty()) {
         None => None,
         Some(raw) => {
