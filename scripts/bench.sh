@@ -6,6 +6,8 @@
 #   BENCH_SCENARIOS  what to run, space-separated; each is "closed:<in flight>:<secs>" or
 #                    "open:<orders/s>:<secs>" (default below)
 #   BENCH_OUT        folder for the reports (default .stack/bench)
+#   BENCH_BIN        an ordersaga binary to measure instead of building this checkout
+#                    (e.g. a copy of an earlier build, for an A/B on the same stack)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set -a; . .stack/env; set +a
@@ -16,8 +18,12 @@ SCENARIOS=${BENCH_SCENARIOS:-"open:100:15 open:200:30 open:300:15 closed:8:15"}
 OUT=${BENCH_OUT:-.stack/bench}
 mkdir -p "$OUT"
 
-cargo build --release --bin ordersaga
-BIN=$CARGO_TARGET_DIR/release/ordersaga
+if [[ -n ${BENCH_BIN:-} ]]; then
+  BIN=$BENCH_BIN
+else
+  cargo build --release --bin ordersaga
+  BIN=$CARGO_TARGET_DIR/release/ordersaga
+fi
 
 run=bench_$(date +%s)_$$
 base=${DATABASE_URL%%\?*}

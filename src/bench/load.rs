@@ -35,12 +35,74 @@ pub struct LoadResult {
     pub canceled: u64,
     pub unsettled: u64,
     pub settle_latency: Summary,
+    /// Where the settle time went, stage by stage, from the saga events'
+    /// timestamps (see `STAGES`).
+    pub stages: Vec<Stage>,
     /// Settled orders ÷ (last settle − first order).
     pub settled_per_sec: f64,
     /// The slowest whole second of settling while the load ran (first and last second excluded).
     pub settled_per_sec_worst_second: Option<u64>,
     pub rss_max_mib: Option<f64>,
     pub rss_end_mib: Option<f64>,
+}
+
+/// One stage of settling an order, and how long the run's orders spent in it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stage {
+    pub name: &'static str,
+    pub latency: Summary,
+}
+
+/// The stages of a settled order, between the timestamps the saga records:
+/// the order's insert, the `saga_started` event, the first and the last
+/// `reply_received` event (the last one settles the order, in the same
+/// transaction). Each stage includes the relay's pick-up and a broker hop.
+const STAGES: [&str; 3] = [
+    "accepted → saga started (relay, hop to the orchestrator)",
+    "saga started → first reply (relay, hop to a validator, its work, hop back)",
+    "first reply → settled (the other reply)",
+];
+
+/// Per-stage latencies of the settled orders of `users`.
+async fn stages(pool: &PgPool, users: &[String]) -> anyhow::Result<Vec<Stage>> {
+    type Times = (
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        chrono::DateTime<chrono::Utc>,
+    );
+    let rows: Vec<Times> = sqlx::query_as(
+        "SELECT o.created_at,
+                min(e.occurred_at) FILTER (WHERE e.event_type = 'saga_started'),
+                min(e.occurred_at) FILTER (WHERE e.event_type = 'reply_received'),
+                o.updated_at
+         FROM orders o JOIN saga_events e ON e.order_id = o.id
+         WHERE o.user_id = ANY($1) AND o.status <> 'PROCESSING'
+         GROUP BY o.id",
+    )
+    .bind(users)
+    .fetch_all(pool)
+    .await?;
+    let micros = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        (to - from).num_microseconds().unwrap_or(0).max(0) as u64
+    };
+    let mut spans: [Vec<u64>; 3] = Default::default();
+    for (created, started, first_reply, settled) in rows {
+        let (Some(started), Some(first_reply)) = (started, first_reply) else {
+            continue; // settled without both (e.g. canceled by a deadline)
+        };
+        spans[0].push(micros(created, started));
+        spans[1].push(micros(started, first_reply));
+        spans[2].push(micros(first_reply, settled));
+    }
+    Ok(STAGES
+        .into_iter()
+        .zip(spans)
+        .map(|(name, s)| Stage {
+            name,
+            latency: Summary::of(s),
+        })
+        .collect())
 }
 
 struct Counters {
@@ -347,6 +409,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         canceled: terminal.iter().filter(|r| r.0 == "CANCELED").count() as u64,
         unsettled: (rows.len() - terminal.len()) as u64,
         settle_latency: Summary::of(settle_micros),
+        stages: stages(pool, &users).await?,
         settled_per_sec,
         settled_per_sec_worst_second: worst_second,
         rss_max_mib: rss.iter().copied().reduce(f64::max),

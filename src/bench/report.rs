@@ -114,6 +114,13 @@ impl Report {
                 }
             );
         }
+        for s in &l.stages {
+            out += &format!(
+                "| stage: {}, p50 / p90 / p99 / max, ms | {} | | |\n",
+                s.name,
+                ms(&s.latency)
+            );
+        }
         out += &format!(
             "| settled orders/s (whole run; slowest second) | {:.0}; {} | | |\n",
             l.settled_per_sec,
