@@ -122,6 +122,7 @@ impl Default for Settings {
                 idempotence: true,
                 leave_group_on_shutdown: true,
                 consumer_concurrency: 6,
+                lane_depth: 4,
                 extra: vec![],
             },
             create_topics: true,
@@ -319,10 +320,13 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
 
     let readiness = Arc::new(Readiness::new(dependencies, Duration::from_secs(3)));
 
-    if roles.relay || roles.api {
+    if roles.api || roles.orchestrator {
         let store = store.clone().expect("postgres is set up for these roles");
-        let token = shutdown.clone();
-        tokio::spawn(store.listen_for_outbox(token));
+        tokio::spawn(store.announce_outbox(shutdown.clone()));
+    }
+    if roles.relay {
+        let store = store.clone().expect("postgres is set up for the relay");
+        tokio::spawn(store.listen_for_outbox(shutdown.clone()));
     }
 
     if roles.relay {

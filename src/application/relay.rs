@@ -15,6 +15,8 @@ pub struct RelaySettings {
     pub batch_size: u32,
     /// Longest wait for a notification before looking again anyway.
     pub idle_poll: Duration,
+    /// Least time between two partial batches of events (messages go at once).
+    pub events_gather: Duration,
     /// Longest pause after a failure (pauses double from 50 ms up to this).
     pub max_backoff: Duration,
     /// How often the backlog gauges (`ordersaga_outbox_backlog`) are refreshed.
@@ -26,6 +28,7 @@ impl Default for RelaySettings {
         Self {
             batch_size: 500,
             idle_poll: Duration::from_millis(500),
+            events_gather: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             backlog_interval: Duration::from_secs(5),
         }
@@ -126,8 +129,15 @@ impl Relay {
                     if shutdown.is_cancelled() {
                         return;
                     }
+                    let gather = match kind {
+                        OutboxKind::Messages => Duration::ZERO,
+                        OutboxKind::Events => self.settings.events_gather,
+                    };
                     tokio::select! {
-                        _ = self.outbox.wait_for_work(kind, self.settings.idle_poll) => {}
+                        _ = async {
+                            tokio::time::sleep(gather).await;
+                            self.outbox.wait_for_work(kind, self.settings.idle_poll).await
+                        } => {}
                         _ = shutdown.cancelled() => {}
                     }
                 }

@@ -8,7 +8,7 @@ use chrono::Utc;
 use ordersaga::application::messages::{MessageType, Topic};
 use ordersaga::application::orders::OrderService;
 use ordersaga::application::ports::{
-    OrderStore, Outbox, SagaContext, SagaOutcome, SagaStore, SagaWrite,
+    OrderStore, Outbox, OutboxKind, SagaContext, SagaOutcome, SagaStore, SagaWrite,
 };
 use ordersaga::domain::{
     NewOrder, Order, OrderId, OrderStatus, Saga, SagaPolicy, Settlement, UserId,
@@ -458,13 +458,26 @@ async fn events_are_marked_logged_only_once_the_log_took_them() {
 }
 
 #[tokio::test]
-async fn a_commit_that_writes_to_the_outboxes_notifies_the_relay() {
+async fn a_commit_that_writes_to_the_outboxes_wakes_the_relays_here_and_elsewhere() {
     let db = TestDb::new().await;
     let mut listener = sqlx::postgres::PgListener::connect_with(db.pool())
         .await
         .unwrap();
     listener.listen("ordersaga_outbox").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(db.store.clone().announce_outbox(shutdown));
     service(&db).place(form("1", "u"), "c", None).await.unwrap();
+    // A relay in this process is woken at once, not after its idle poll.
+    for kind in [OutboxKind::Messages, OutboxKind::Events] {
+        let started = std::time::Instant::now();
+        db.store.wait_for_work(kind, Duration::from_secs(30)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{kind:?} relay not woken"
+        );
+    }
+    // Relays in other processes hear a NOTIFY, sent after the commit.
     let mut payloads = Vec::new();
     for _ in 0..2 {
         let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())

@@ -18,8 +18,12 @@ use crate::application::ports::StoreError;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Channel the outbox triggers notify on.
+/// Channel on which writers tell relays in other processes that outbox rows were committed.
 const OUTBOX_CHANNEL: &str = "ordersaga_outbox";
+
+/// Least time between two announcements on `OUTBOX_CHANNEL`: under load one
+/// NOTIFY stands for many commits, and a relay that is busy does not need them.
+const ANNOUNCE_GAP: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone)]
 pub struct PgSettings {
@@ -34,6 +38,8 @@ pub struct PgStore {
     pool: PgPool,
     wake_messages: Arc<Notify>,
     wake_events: Arc<Notify>,
+    /// Set after a commit that wrote outbox rows; `announce_outbox` tells other processes.
+    announce: Arc<Notify>,
 }
 
 impl PgStore {
@@ -56,6 +62,46 @@ impl PgStore {
             pool,
             wake_messages: Arc::new(Notify::new()),
             wake_events: Arc::new(Notify::new()),
+            announce: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Called after a transaction that wrote outbox rows or saga events has
+    /// committed: wakes this process's relay at once and asks `announce_outbox`
+    /// to tell relays elsewhere.
+    ///
+    /// This is not a trigger on purpose: a transaction that NOTIFYs holds a
+    /// database-wide lock from its commit until it is flushed, so every
+    /// writer's commit would wait for the one before it (no group commit).
+    /// Measured with pgbench, 8 clients: 4,200 single-row commits/s without
+    /// NOTIFY, 1,400/s with (docs/performance.md).
+    pub(crate) fn outbox_written(&self) {
+        self.wake_messages.notify_one();
+        self.wake_events.notify_one();
+        self.announce.notify_one();
+    }
+
+    /// Sends a NOTIFY on the outbox channel after commits that wrote outbox
+    /// rows (`outbox_written`), at most one per `ANNOUNCE_GAP`, outside those
+    /// transactions. Relays in other processes hear it through
+    /// `listen_for_outbox`; if one is missed they still look every idle poll.
+    pub async fn announce_outbox(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.announce.notified() => {}
+            }
+            let sent = sqlx::query("SELECT pg_notify($1, 'outbox'), pg_notify($1, 'saga_events')")
+                .bind(OUTBOX_CHANNEL)
+                .execute(&self.pool)
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "cannot announce outbox rows; relays elsewhere will find them on their idle poll");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ANNOUNCE_GAP) => {}
+            }
         }
     }
 
@@ -84,7 +130,7 @@ impl PgStore {
         Ok(())
     }
 
-    /// Listens for outbox notifications and wakes the relay loops. Runs until
+    /// Listens for outbox announcements (`announce_outbox`) and wakes the relay loops. Runs until
     /// `shutdown`; if the listening connection drops, it reconnects and wakes
     /// both loops so nothing committed meanwhile waits for the idle poll.
     pub async fn listen_for_outbox(self, shutdown: CancellationToken) {
