@@ -144,10 +144,14 @@ pub struct KafkaArgs {
     /// Attempts for a message whose handling keeps failing before it is dead-lettered.
     #[arg(long, env = "CONSUMER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub consumer_max_attempts: u32,
-    /// Messages a consumer handles at once, from different partitions (one
-    /// partition's messages are always handled in order, one at a time).
+    /// Lanes a consumer spreads its partitions over (a partition always goes to the same lane).
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub consumer_concurrency: u32,
+    /// Messages one lane handles at once. Two messages with the same key (one
+    /// order's) are never handled at once, and offsets are committed in order
+    /// whatever finishes first. 1 handles each partition one message at a time.
+    #[arg(long, env = "CONSUMER_LANE_DEPTH", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub consumer_lane_depth: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -257,6 +261,10 @@ pub struct RelayArgs {
     /// Longest wait between outbox polls when no notification arrives, in ms.
     #[arg(long, env = "RELAY_IDLE_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub relay_idle_poll_ms: u64,
+    /// Least time between two batches of saga events copied to MongoDB, in ms:
+    /// under load, fewer and larger batches. The event log is not on the saga's path.
+    #[arg(long, env = "RELAY_EVENTS_GATHER_MS", default_value_t = 50)]
+    pub relay_events_gather_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -487,6 +495,7 @@ impl KafkaArgs {
             idempotence: self.kafka_idempotence,
             leave_group_on_shutdown: self.kafka_leave_group_on_shutdown,
             consumer_concurrency: self.consumer_concurrency as usize,
+            lane_depth: self.consumer_lane_depth as usize,
             extra: parse_extra_config(&self.kafka_extra_config)
                 .map_err(|e| format!("KAFKA_EXTRA_CONFIG: {e}"))?,
         })
@@ -551,6 +560,7 @@ impl RelayArgs {
         RelaySettings {
             batch_size: self.relay_batch_size,
             idle_poll: ms(self.relay_idle_poll_ms),
+            events_gather: ms(self.relay_events_gather_ms),
             ..RelaySettings::default()
         }
     }

@@ -157,6 +157,7 @@ pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
         idempotence: false,
         leave_group_on_shutdown: false,
         consumer_concurrency: 6,
+        lane_depth: 4,
         extra: vec![],
     })
 }

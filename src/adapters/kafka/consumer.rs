@@ -1,6 +1,8 @@
 //! The consumer loop: reads a consumer group's topics and hands each message
-//! to a `MessageHandler`: partitions are handled concurrently (up to
-//! `CONSUMER_CONCURRENCY` at once), each partition's messages in order.
+//! to a `MessageHandler`. Partitions are spread over `CONSUMER_CONCURRENCY`
+//! lanes; a lane handles up to `CONSUMER_LANE_DEPTH` messages at once, never
+//! two with the same key (an order's messages are handled in order), and
+//! stores offsets in arrival order.
 //!
 //! Offsets are stored only after a message was handled (or dead-lettered) and
 //! committed in the background, so delivery is at-least-once: a crash replays
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::StreamExt;
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -234,21 +237,17 @@ async fn consume(
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..lanes)
         .map(|_| mpsc::channel::<OwnedMessage>(LANE_QUEUE))
         .unzip();
-    let workers = futures::future::join_all(receivers.into_iter().map(|mut rx| async move {
-        while let Some(message) = rx.recv().await {
-            if shutdown.is_cancelled() {
-                return; // what is still queued is redelivered to the next owner
-            }
-            let msg = inbound(kafka, &message);
-            let span = message_span(settings.component, &msg);
-            let started = std::time::Instant::now();
-            let Some(result) = handle_with_retries(settings, handler, dead_letters, &msg, shutdown)
-                .instrument(span.clone())
-                .await
-            else {
-                // Interrupted by shutdown: leave the offset so the message is redelivered.
-                return;
-            };
+    let handle = |message: OwnedMessage| async move {
+        if shutdown.is_cancelled() {
+            return (message, None); // what is still queued is redelivered to the next owner
+        }
+        let msg = inbound(kafka, &message);
+        let span = message_span(settings.component, &msg);
+        let started = std::time::Instant::now();
+        let result = handle_with_retries(settings, handler, dead_letters, &msg, shutdown)
+            .instrument(span.clone())
+            .await;
+        if let Some(result) = result {
             let took = started.elapsed();
             span.in_scope(|| {
                 tracing::debug!(
@@ -258,14 +257,23 @@ async fn consume(
                 )
             });
             observe_handled(settings.component, &msg, result, took);
-            if let Err(e) =
-                consumer.store_offset(message.topic(), message.partition(), message.offset())
-            {
-                // The partition was revoked meanwhile; its new owner will see the message again.
-                tracing::debug!(error = %e, "offset not stored");
-            }
         }
-    }));
+        (message, result)
+    };
+    let store = |message: &OwnedMessage| {
+        if let Err(e) =
+            consumer.store_offset(message.topic(), message.partition(), message.offset())
+        {
+            // The partition was revoked meanwhile; its new owner will see the message again.
+            tracing::debug!(error = %e, "offset not stored");
+        }
+    };
+    let depth = kafka.lane_depth.max(1);
+    let workers = futures::future::join_all(
+        receivers
+            .into_iter()
+            .map(|rx| run_lane(rx, depth, &handle, &store)),
+    );
     let dispatch = async move {
         let mut outage = false;
         let mut probe = tokio::time::interval(Duration::from_secs(1));
@@ -310,6 +318,76 @@ async fn consume(
     };
     let (ended, _) = tokio::join!(dispatch, workers);
     ended
+}
+
+/// One lane: handles up to `depth` of its messages at once, but never two
+/// with the same key (one order's messages stay in order), and stores their
+/// offsets strictly in the order they arrived, so a committed offset never
+/// passes a message that is still being handled. Stops at the first message
+/// that shutdown interrupted (`handle` gives `None`): its offset and every
+/// later one stay unstored, and the next owner of the partition sees them again.
+async fn run_lane<F, Fut>(
+    mut rx: mpsc::Receiver<OwnedMessage>,
+    depth: usize,
+    handle: &F,
+    store: &(impl Fn(&OwnedMessage) + ?Sized),
+) where
+    F: Fn(OwnedMessage) -> Fut,
+    Fut: std::future::Future<Output = (OwnedMessage, Option<Handled>)>,
+{
+    let key = |m: &OwnedMessage| m.key().map(<[u8]>::to_vec);
+    let mut in_flight: futures::stream::FuturesOrdered<Fut> = Default::default();
+    let mut keys: std::collections::VecDeque<Option<Vec<u8>>> = Default::default();
+    let mut waiting: Option<OwnedMessage> = None;
+    let mut closed = false;
+    loop {
+        // Take the next message if there is room; while some are in flight,
+        // finishing the oldest one comes first.
+        if waiting.is_none() && !closed && in_flight.len() < depth {
+            if in_flight.is_empty() {
+                match rx.recv().await {
+                    Some(m) => waiting = Some(m),
+                    None => closed = true,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    Some((message, result)) = in_flight.next() => {
+                        keys.pop_front();
+                        if result.is_none() {
+                            return;
+                        }
+                        store(&message);
+                        continue;
+                    }
+                    m = rx.recv() => match m {
+                        Some(m) => waiting = Some(m),
+                        None => closed = true,
+                    },
+                }
+            }
+        }
+        if let Some(m) = waiting.take() {
+            let k = key(&m);
+            if in_flight.len() < depth && (k.is_none() || !keys.contains(&k)) {
+                keys.push_back(k);
+                in_flight.push_back(handle(m));
+                continue;
+            }
+            waiting = Some(m); // full, or its key is busy: wait for the oldest
+        }
+        match in_flight.next().await {
+            Some((message, result)) => {
+                keys.pop_front();
+                if result.is_none() {
+                    return;
+                }
+                store(&message);
+            }
+            None if closed => return,
+            None => {}
+        }
+    }
 }
 
 /// Whether the brokers answer and every subscribed topic has partitions.
@@ -487,5 +565,114 @@ async fn dead_letter(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use rdkafka::Timestamp;
+
+    use super::*;
+
+    fn message(offset: i64, key: &str) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            Some(key.as_bytes().to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    /// What a lane did: which messages ran at once, in which order they
+    /// started and ended, and which offsets it stored.
+    #[derive(Default)]
+    struct Trace {
+        running: Vec<(i64, String)>,
+        most_at_once: usize,
+        events: Vec<String>,
+        stored: Vec<i64>,
+    }
+
+    /// Runs a lane of `depth` over `plan` (offset, key, handling ms); the
+    /// message at `interrupted` (if any) is cut short by shutdown.
+    async fn run(plan: &[(i64, &str, u64)], depth: usize, interrupted: Option<i64>) -> Trace {
+        let (tx, rx) = mpsc::channel(plan.len());
+        for (offset, key, _) in plan {
+            tx.send(message(*offset, key)).await.unwrap();
+        }
+        drop(tx);
+        let trace = Mutex::new(Trace::default());
+        let handle = |m: OwnedMessage| {
+            let trace = &trace;
+            async move {
+                let offset = m.offset();
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                let ms = plan.iter().find(|p| p.0 == offset).unwrap().2;
+                {
+                    let mut t = trace.lock().unwrap();
+                    assert!(
+                        t.running.iter().all(|(_, k)| *k != key),
+                        "two messages with key {key} at once"
+                    );
+                    t.running.push((offset, key));
+                    t.most_at_once = t.most_at_once.max(t.running.len());
+                    t.events.push(format!("start {offset}"));
+                }
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let mut t = trace.lock().unwrap();
+                t.running.retain(|(o, _)| *o != offset);
+                t.events.push(format!("end {offset}"));
+                let result = (interrupted != Some(offset)).then_some(Handled::Ok);
+                (m, result)
+            }
+        };
+        let store = |m: &OwnedMessage| trace.lock().unwrap().stored.push(m.offset());
+        run_lane(rx, depth, &handle, &store).await;
+        trace.into_inner().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_overlaps_messages_yet_stores_offsets_in_order_and_keeps_a_key_in_order() {
+        let plan = [
+            (0, "a", 50),
+            (1, "b", 10),
+            (2, "a", 10),
+            (3, "c", 5),
+            (4, "d", 1),
+        ];
+        let t = run(&plan, 3, None).await;
+        assert_eq!(t.stored, [0, 1, 2, 3, 4], "{:?}", t.events);
+        assert_eq!(t.most_at_once, 3, "{:?}", t.events);
+        let at = |e: &str| t.events.iter().position(|x| x == e).unwrap();
+        assert!(at("end 1") < at("end 0"), "1 overlapped 0: {:?}", t.events);
+        assert!(
+            at("end 0") < at("start 2"),
+            "a's second message waited for its first: {:?}",
+            t.events
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_of_depth_one_handles_one_message_at_a_time() {
+        let plan = [(0, "a", 5), (1, "b", 1), (2, "c", 3)];
+        let t = run(&plan, 1, None).await;
+        assert_eq!(t.most_at_once, 1);
+        assert_eq!(
+            t.events,
+            ["start 0", "end 0", "start 1", "end 1", "start 2", "end 2"]
+        );
+        assert_eq!(t.stored, [0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_stores_nothing_from_the_first_interrupted_message_on() {
+        let plan = [(0, "a", 5), (1, "b", 20), (2, "c", 1), (3, "d", 1)];
+        let t = run(&plan, 4, Some(1)).await;
+        assert_eq!(t.stored, [0], "{:?}", t.events);
     }
 }

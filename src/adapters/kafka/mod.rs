@@ -42,8 +42,10 @@ pub struct KafkaSettings {
     /// Send LeaveGroup when a consumer stops (a quick rebalance), or just go
     /// and let the session time out (see docs/stand-ins.md).
     pub leave_group_on_shutdown: bool,
-    /// Partitions a consumer handles at once (each partition stays in order).
+    /// Lanes a consumer spreads its partitions over.
     pub consumer_concurrency: usize,
+    /// Messages one lane handles at once (never two with the same key).
+    pub lane_depth: usize,
     /// Extra librdkafka properties applied to every client, e.g. security settings.
     pub extra: Vec<(String, String)>,
 }
