@@ -395,6 +395,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         buckets[1..whole as usize - 1].iter().min().copied()
     });
     let rss = rss.lock().unwrap().clone();
+    let stages = stages(pool, &users).await?;
     Ok(LoadResult {
         mode,
         sent: counters.sent.load(Ordering::Relaxed),
@@ -409,7 +410,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         canceled: terminal.iter().filter(|r| r.0 == "CANCELED").count() as u64,
         unsettled: (rows.len() - terminal.len()) as u64,
         settle_latency: Summary::of(settle_micros),
-        stages: stages(pool, &users).await?,
+        stages,
         settled_per_sec,
         settled_per_sec_worst_second: worst_second,
         rss_max_mib: rss.iter().copied().reduce(f64::max),
