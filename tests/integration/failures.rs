@@ -108,8 +108,11 @@ async fn a_mongodb_outage_delays_the_event_log_but_not_the_saga_and_the_log_catc
 #[tokio::test]
 async fn orders_accepted_while_the_broker_is_down_settle_once_it_is_back() {
     let mut kafka = PrivateServer::kafka();
+    // Step timeouts of 4 + 8 + 16 s leave room for the consumers to rejoin
+    // the restarted broker (seen taking over 14 s on a slow machine, when the
+    // user step ran out of attempts); this test is about recovery, not timeouts.
     let launcher = Launcher::new(SystemEnv::on(Some(&kafka), None).await)
-        .set("STEP_TIMEOUT_MS", 2000)
+        .set("STEP_TIMEOUT_MS", 4000)
         .set("SAGA_START_GRACE_MS", 2000)
         .set("KAFKA_MESSAGE_TIMEOUT_MS", 3000);
     let _all = launcher.spawn("all", &[]);

@@ -236,6 +236,59 @@ fn start_decision(ctx: &SagaContext) -> Option<SagaWrite> {
     })
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote() {
+    let db = TestDb::new().await;
+    let order = service(&db)
+        .place(form("1", "u"), "c", None)
+        .await
+        .unwrap()
+        .order;
+    let store = db.store.clone();
+    let outcome = store
+        .transact(order.id, None, Box::new(start_decision))
+        .await
+        .unwrap();
+    assert_eq!(outcome, SagaOutcome::Applied);
+    let marked = chrono::DateTime::from_timestamp(1_000_000_000, 0).unwrap();
+    // The first decision holds the order's lock for a while, then writes a marked saga.
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let decide = move |ctx: &SagaContext| -> Option<SagaWrite> {
+                let _ = locked_tx.send(());
+                std::thread::sleep(Duration::from_millis(500));
+                let mut saga = ctx.saga.clone().unwrap();
+                saga.started_at = marked;
+                Some(SagaWrite {
+                    saga,
+                    settle: None,
+                    outbox: vec![],
+                    events: vec![],
+                })
+            };
+            store.transact(order.id, None, Box::new(decide)).await
+        }
+    });
+    locked_rx.await.unwrap();
+    // The second one waits for the lock and must decide on what the first wrote.
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let decide = {
+        let seen = seen.clone();
+        move |ctx: &SagaContext| -> Option<SagaWrite> {
+            *seen.lock().unwrap() = ctx.saga.as_ref().map(|s| s.started_at);
+            None
+        }
+    };
+    store
+        .transact(order.id, None, Box::new(decide))
+        .await
+        .unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), SagaOutcome::Applied);
+    assert_eq!(*seen.lock().unwrap(), Some(marked));
+}
+
 #[tokio::test]
 async fn a_message_is_applied_once_per_consumer() {
     let db = TestDb::new().await;

@@ -18,13 +18,15 @@ struct LockedOrder {
     #[sqlx(flatten)]
     order: OrderRow,
     correlation_id: String,
-    state: Option<serde_json::Value>,
     /// 1 if the message id was recorded just now, 0 if it was already there (or no dedupe).
     recorded: i64,
 }
 
-/// Records the message id (`$2`, `$3`, unless null), locks the order `$1`
-/// and reads it with its saga: one round trip.
+/// Records the message id (`$2`, `$3`, unless null), then locks and reads
+/// the order `$1`: one round trip. The saga is read by a statement of its
+/// own, after the lock: a row joined here but not locked could come back as
+/// it was before a concurrent decision about the same order committed
+/// (PostgreSQL re-reads only the locked row after waiting for the lock).
 static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
     let columns: Vec<String> = ORDER_COLUMNS
         .split(", ")
@@ -36,9 +38,8 @@ static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
              SELECT $2, $3 WHERE $2::text IS NOT NULL
              ON CONFLICT DO NOTHING RETURNING 1
          )
-         SELECT {}, o.correlation_id, s.state, (SELECT count(*) FROM recorded) AS recorded
-         FROM orders o LEFT JOIN sagas s ON s.order_id = o.id
-         WHERE o.id = $1 FOR UPDATE OF o",
+         SELECT {}, o.correlation_id, (SELECT count(*) FROM recorded) AS recorded
+         FROM orders o WHERE o.id = $1 FOR UPDATE",
         columns.join(", ")
     )
 });
@@ -88,8 +89,13 @@ impl SagaStore for PgStore {
             tx.rollback().await.map_err(classify)?;
             return Ok(SagaOutcome::Duplicate);
         }
-        let saga = locked
-            .state
+        let state: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT state FROM sagas WHERE order_id = $1")
+                .bind(order_id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+        let saga = state
             .map(serde_json::from_value::<Saga>)
             .transpose()
             .map_err(|e| corrupt("saga state", e))?;
