@@ -29,6 +29,15 @@ fn service(db: &TestDb) -> OrderService {
     )
 }
 
+/// Places one valid order and returns it.
+async fn placed_order(db: &TestDb) -> Order {
+    service(db)
+        .place(form("1", "u"), "c", None)
+        .await
+        .unwrap()
+        .order
+}
+
 async fn count(db: &TestDb, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(db.pool()).await.unwrap()
 }
@@ -180,11 +189,7 @@ async fn concurrent_requests_with_one_key_create_one_order() {
 #[tokio::test]
 async fn terminal_statuses_are_final_in_sql_whatever_the_client() {
     let db = TestDb::new().await;
-    let order = service(&db)
-        .place(form("1", "u"), "c", None)
-        .await
-        .unwrap()
-        .order;
+    let order = placed_order(&db).await;
     sqlx::query("UPDATE orders SET status = 'APPROVED', updated_at = now() WHERE id = $1")
         .bind(order.id.0)
         .execute(db.pool())
@@ -239,11 +244,7 @@ fn start_decision(ctx: &SagaContext) -> Option<SagaWrite> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote() {
     let db = TestDb::new().await;
-    let order = service(&db)
-        .place(form("1", "u"), "c", None)
-        .await
-        .unwrap()
-        .order;
+    let order = placed_order(&db).await;
     let store = db.store.clone();
     let outcome = store
         .transact(order.id, None, Box::new(start_decision))
@@ -292,11 +293,7 @@ async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote()
 #[tokio::test]
 async fn a_message_is_applied_once_per_consumer() {
     let db = TestDb::new().await;
-    let order = service(&db)
-        .place(form("1", "u"), "c", None)
-        .await
-        .unwrap()
-        .order;
+    let order = placed_order(&db).await;
     let msg = Uuid::new_v4();
     let first = db
         .store
@@ -486,11 +483,7 @@ async fn relays_side_by_side_never_publish_the_same_row_twice() {
 #[tokio::test]
 async fn events_are_marked_logged_only_once_the_log_took_them() {
     let db = TestDb::new().await;
-    let order = service(&db)
-        .place(form("1", "u"), "c", None)
-        .await
-        .unwrap()
-        .order;
+    let order = placed_order(&db).await;
     let log = fakes::Log::default();
     log.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(db.store.relay_events(10, &log).await.is_err());
