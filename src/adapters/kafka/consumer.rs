@@ -341,51 +341,33 @@ async fn run_lane<F, Fut>(
     let mut waiting: Option<OwnedMessage> = None;
     let mut closed = false;
     loop {
-        // Take the next message if there is room; while some are in flight,
-        // finishing the oldest one comes first.
-        if waiting.is_none() && !closed && in_flight.len() < depth {
-            if in_flight.is_empty() {
-                match rx.recv().await {
-                    Some(m) => waiting = Some(m),
-                    None => closed = true,
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    Some((message, result)) = in_flight.next() => {
-                        keys.pop_front();
-                        if result.is_none() {
-                            return;
-                        }
-                        store(&message);
-                        continue;
-                    }
-                    m = rx.recv() => match m {
-                        Some(m) => waiting = Some(m),
-                        None => closed = true,
-                    },
-                }
-            }
-        }
+        // Start the message taken last, if there is room and its key is free.
         if let Some(m) = waiting.take() {
             let k = key(&m);
             if in_flight.len() < depth && (k.is_none() || !keys.contains(&k)) {
                 keys.push_back(k);
                 in_flight.push_back(handle(m));
-                continue;
+            } else {
+                waiting = Some(m); // full, or its key is busy: wait for the oldest
             }
-            waiting = Some(m); // full, or its key is busy: wait for the oldest
         }
-        match in_flight.next().await {
-            Some((message, result)) => {
+        let can_take = waiting.is_none() && !closed && in_flight.len() < depth;
+        tokio::select! {
+            // Finishing the oldest message comes before taking another.
+            biased;
+            Some((message, result)) = in_flight.next() => {
                 keys.pop_front();
                 if result.is_none() {
                     return;
                 }
                 store(&message);
             }
-            None if closed => return,
-            None => {}
+            m = rx.recv(), if can_take => match m {
+                Some(m) => waiting = Some(m),
+                None => closed = true,
+            },
+            // Nothing in flight and nothing more to take: the channel closed.
+            else => return,
         }
     }
 }

@@ -28,19 +28,14 @@ struct LockedOrder {
 /// it was before a concurrent decision about the same order committed
 /// (PostgreSQL re-reads only the locked row after waiting for the lock).
 static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
-    let columns: Vec<String> = ORDER_COLUMNS
-        .split(", ")
-        .map(|c| format!("o.{c}"))
-        .collect();
     format!(
         "WITH recorded AS (
              INSERT INTO processed_messages (consumer, message_id)
              SELECT $2, $3 WHERE $2::text IS NOT NULL
              ON CONFLICT DO NOTHING RETURNING 1
          )
-         SELECT {}, o.correlation_id, (SELECT count(*) FROM recorded) AS recorded
-         FROM orders o WHERE o.id = $1 FOR UPDATE",
-        columns.join(", ")
+         SELECT {ORDER_COLUMNS}, correlation_id, (SELECT count(*) FROM recorded) AS recorded
+         FROM orders WHERE id = $1 FOR UPDATE"
     )
 });
 
