@@ -165,6 +165,10 @@ pub struct Running {
     pub ops_addr: Option<SocketAddr>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
+    /// Stops the stub user API, once every other component has stopped:
+    /// a user validator of the same process finishing its last messages
+    /// must still reach it, or it would reply "user API unavailable".
+    stub_shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     publisher: Option<KafkaPublisher>,
     settings: Settings,
@@ -237,7 +241,9 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let mut dependencies = Vec::new();
 
-    // The stub goes first so a user validator in the same process can reach it.
+    // The stub goes first so a user validator in the same process can reach
+    // it, and stops last (`stub_shutdown`, see `Running::stop`).
+    let stub_shutdown = CancellationToken::new();
     let mut stub_addr = None;
     if roles.user_api_stub {
         let server = Server {
@@ -250,7 +256,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
                     &mut tasks,
                     settings.stub_addr,
                     user_api::stub_router(),
-                    &shutdown,
+                    &stub_shutdown,
                     settings.shutdown_timeout,
                 )
                 .await?,
@@ -471,6 +477,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         stub_addr,
         readiness,
         shutdown,
+        stub_shutdown,
         tasks,
         publisher,
         settings,
@@ -505,7 +512,18 @@ impl Running {
         }
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
-        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+        // The stub, if this process runs one, still serves until the rest has stopped.
+        let stub = usize::from(self.stub_addr.is_some());
+        let mut stub_stopping = false;
+        loop {
+            if !stub_stopping && self.tasks.len() <= stub {
+                self.stub_shutdown.cancel();
+                stub_stopping = true;
+            }
+            let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await
+            else {
+                break;
+            };
             match done {
                 Ok((name, Err(e))) => {
                     tracing::warn!(component = name, error = %format!("{e:#}"), "stopped with an error")
