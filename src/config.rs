@@ -88,6 +88,13 @@ pub struct DbArgs {
     /// Longest wait for a pooled connection, in ms.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
     pub database_acquire_timeout_ms: u64,
+    /// Tasks that write saga decisions; each takes every decision waiting and
+    /// writes them in one transaction (group commit), so each holds one connection.
+    #[arg(long, env = "DATABASE_SAGA_WRITERS", default_value_t = PgSettings::DEFAULT_SAGA_WRITERS as u32, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub database_saga_writers: u32,
+    /// Most saga decisions in one transaction.
+    #[arg(long, env = "DATABASE_SAGA_BATCH_MAX", default_value_t = PgSettings::DEFAULT_SAGA_BATCH_MAX as u32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_saga_batch_max: u32,
     /// Apply pending migrations at start.
     #[arg(long, env = "DATABASE_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub database_migrate_on_start: bool,
@@ -265,6 +272,11 @@ pub struct RelayArgs {
     /// under load, fewer and larger batches. The event log is not on the saga's path.
     #[arg(long, env = "RELAY_EVENTS_GATHER_MS", default_value_t = 50)]
     pub relay_events_gather_ms: u64,
+    /// Message batches a relay has in flight at once: while one waits for the
+    /// broker's acknowledgement, the next is read and sent (rows are locked
+    /// with SKIP LOCKED, so no row goes twice).
+    #[arg(long, env = "RELAY_MESSAGE_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub relay_message_workers: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -458,6 +470,8 @@ impl DbArgs {
             url: self.database_url.clone(),
             max_connections: self.database_max_connections,
             acquire_timeout: ms(self.database_acquire_timeout_ms),
+            saga_writers: self.database_saga_writers as usize,
+            saga_batch_max: self.database_saga_batch_max as usize,
         }
     }
 }
@@ -561,6 +575,7 @@ impl RelayArgs {
             batch_size: self.relay_batch_size,
             idle_poll: ms(self.relay_idle_poll_ms),
             events_gather: ms(self.relay_events_gather_ms),
+            message_workers: self.relay_message_workers as usize,
             ..RelaySettings::default()
         }
     }

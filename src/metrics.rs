@@ -20,11 +20,15 @@ pub const CONSUMER_LAG: &str = "ordersaga_consumer_lag";
 pub const OUTBOX_BACKLOG: &str = "ordersaga_outbox_backlog";
 pub const OUTBOX_RELAYED: &str = "ordersaga_outbox_relayed_total";
 pub const DEAD_LETTERS: &str = "ordersaga_dead_letters_total";
+pub const SAGA_BATCH_SIZE: &str = "ordersaga_saga_batch_size";
 
 /// Histogram buckets for every `*_seconds` metric: 1 ms to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Histogram buckets for batch sizes.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -35,6 +39,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .expect("the bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Full(SAGA_BATCH_SIZE.into()), BATCH_BUCKETS)
                 .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -107,6 +113,10 @@ fn describe() {
     describe_counter!(
         OUTBOX_RELAYED,
         "Outbox rows relayed, by kind (messages, events)"
+    );
+    describe_histogram!(
+        SAGA_BATCH_SIZE,
+        "Saga decisions written per PostgreSQL transaction (group commit)"
     );
     describe_counter!(
         DEAD_LETTERS,

@@ -106,6 +106,8 @@ impl Default for Settings {
                 url: "postgres://postgres@127.0.0.1:5432/ordersaga".into(),
                 max_connections: 16,
                 acquire_timeout: Duration::from_secs(5),
+                saga_writers: PgSettings::DEFAULT_SAGA_WRITERS,
+                saga_batch_max: PgSettings::DEFAULT_SAGA_BATCH_MAX,
             },
             migrate_on_start: true,
             kafka: KafkaSettings {

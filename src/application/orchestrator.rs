@@ -62,12 +62,15 @@ impl Orchestrator {
     pub async fn sweep(&self, limit: u32) -> Result<usize, HandleError> {
         let now = Utc::now();
         let due = self.store.due(now, now - self.start_grace, limit).await?;
-        for order_id in &due {
+        // All at once, so the store can write them in few transactions.
+        let ticks = due.iter().map(|order_id| async move {
             let (decision, observed) = observed_decision(Input::Tick, self.policy);
             if self.store.transact(*order_id, None, decision).await? == SagaOutcome::Applied {
                 observed.record();
             }
-        }
+            Ok::<_, HandleError>(())
+        });
+        futures::future::try_join_all(ticks).await?;
         Ok(due.len())
     }
 

@@ -137,8 +137,10 @@ pub struct SagaWrite {
 }
 
 /// A decision taken inside the store's transaction, with the saga locked.
-/// `None` means there is nothing to write.
-pub type SagaDecision = Box<dyn FnOnce(&SagaContext) -> Option<SagaWrite> + Send>;
+/// `None` means there is nothing to write. The store may take it more than
+/// once (a transaction that failed is retried), so it must depend only on
+/// what it is given: only the last call's result is written.
+pub type SagaDecision = Box<dyn Fn(&SagaContext) -> Option<SagaWrite> + Send + Sync>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaOutcome {

@@ -17,6 +17,8 @@ pub struct RelaySettings {
     pub idle_poll: Duration,
     /// Least time between two partial batches of events (messages go at once).
     pub events_gather: Duration,
+    /// Message loops side by side: one reads and sends while another waits for acks.
+    pub message_workers: usize,
     /// Longest pause after a failure (pauses double from 50 ms up to this).
     pub max_backoff: Duration,
     /// How often the backlog gauges (`ordersaga_outbox_backlog`) are refreshed.
@@ -29,6 +31,7 @@ impl Default for RelaySettings {
             batch_size: 500,
             idle_poll: Duration::from_millis(500),
             events_gather: Duration::from_millis(50),
+            message_workers: 2,
             max_backoff: Duration::from_secs(5),
             backlog_interval: Duration::from_secs(5),
         }
@@ -71,13 +74,22 @@ impl Relay {
             .await
     }
 
-    /// Runs both loops until `shutdown`; each drains what is pending before it returns.
+    /// Runs the loops until `shutdown`; each drains what is pending before it
+    /// returns. Messages have `message_workers` loops, so the next batch is
+    /// read and sent while one waits for the broker's acknowledgement. Order
+    /// between them does not matter: an order has one message in flight at a
+    /// time (each follows the reply to the one before), and should a retried
+    /// command overtake its first attempt, the orchestrator ignores the reply
+    /// to the stale attempt.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let messages = {
-            let relay = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move { relay.drain_loop(OutboxKind::Messages, shutdown).await })
-        };
+        let messages: Vec<_> = (0..self.settings.message_workers.max(1))
+            .map(|_| {
+                let relay = self.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { relay.drain_loop(OutboxKind::Messages, shutdown).await })
+            })
+            .collect();
+        let messages = futures::future::join_all(messages);
         let events = {
             let relay = self.clone();
             let shutdown = shutdown.clone();

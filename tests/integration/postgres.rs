@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use ordersaga::adapters::postgres::PgStore;
 use ordersaga::application::messages::{MessageType, Topic};
 use ordersaga::application::orders::OrderService;
 use ordersaga::application::ports::{
@@ -245,7 +246,10 @@ fn start_decision(ctx: &SagaContext) -> Option<SagaWrite> {
 async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote() {
     let db = TestDb::new().await;
     let order = placed_order(&db).await;
+    // Two stores on one database, as two orchestrator processes: within one
+    // store, decisions about one order are queued rather than locked.
     let store = db.store.clone();
+    let elsewhere = PgStore::from_pool(db.pool().clone());
     let outcome = store
         .transact(order.id, None, Box::new(start_decision))
         .await
@@ -254,11 +258,14 @@ async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote()
     let marked = chrono::DateTime::from_timestamp(1_000_000_000, 0).unwrap();
     // The first decision holds the order's lock for a while, then writes a marked saga.
     let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+    let locked_tx = std::sync::Mutex::new(Some(locked_tx));
     let first = tokio::spawn({
         let store = store.clone();
         async move {
             let decide = move |ctx: &SagaContext| -> Option<SagaWrite> {
-                let _ = locked_tx.send(());
+                if let Some(tx) = locked_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
                 std::thread::sleep(Duration::from_millis(500));
                 let mut saga = ctx.saga.clone().unwrap();
                 saga.started_at = marked;
@@ -282,12 +289,99 @@ async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote()
             None
         }
     };
-    store
+    elsewhere
         .transact(order.id, None, Box::new(decide))
         .await
         .unwrap();
     assert_eq!(first.await.unwrap().unwrap(), SagaOutcome::Applied);
     assert_eq!(*seen.lock().unwrap(), Some(marked));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_queued_behind_a_busy_writer_commit_together_each_as_if_alone() {
+    use futures::poll;
+    let db = TestDb::new().await;
+    // One writer, so every decision queued while it is busy lands in its next batch.
+    let store = PgStore::from_pool(db.pool().clone()).with_saga_writers(1, 64);
+    let mut orders = Vec::new();
+    for _ in 0..4 {
+        orders.push(placed_order(&db).await.id);
+    }
+    let [busy, good, bad, twice] = orders[..] else {
+        unreachable!()
+    };
+    // The writer is held inside a decision until everything else is queued.
+    let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+    let entered_tx = std::sync::Mutex::new(Some(entered_tx));
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Mutex::new(held);
+    let hold = move |ctx: &SagaContext| {
+        if let Some(tx) = entered_tx.lock().unwrap().take() {
+            let _ = tx.send(());
+            let _ = held.lock().unwrap().recv();
+        }
+        start_decision(ctx)
+    };
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.transact(busy, None, Box::new(hold)).await }
+    });
+    entered.await.unwrap();
+
+    let (m_good, m_bad, m_twice) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let look = {
+        let seen = seen.clone();
+        move |ctx: &SagaContext| {
+            *seen.lock().unwrap() = Some(ctx.saga.is_some());
+            None
+        }
+    };
+    let mut queued = vec![
+        store.transact(good, Some(("o", m_good)), Box::new(start_decision)),
+        store.transact(
+            bad,
+            Some(("o", m_bad)),
+            Box::new(|_: &SagaContext| panic!("a decision that fails")),
+        ),
+        store.transact(twice, Some(("o", m_twice)), Box::new(start_decision)),
+        // The same order again: decided after the one before, on what it wrote.
+        store.transact(twice, None, Box::new(look)),
+        // The same message again: a duplicate, not a second decision.
+        store.transact(twice, Some(("o", m_twice)), Box::new(start_decision)),
+    ];
+    for f in &mut queued {
+        assert!(poll!(f).is_pending());
+    }
+    release.send(()).unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), SagaOutcome::Applied);
+    let outcomes = futures::future::join_all(queued).await;
+    assert_eq!(outcomes[0].as_ref().unwrap(), &SagaOutcome::Applied);
+    assert!(outcomes[1].is_err(), "the panicking decision fails alone");
+    assert_eq!(outcomes[2].as_ref().unwrap(), &SagaOutcome::Applied);
+    assert_eq!(outcomes[3].as_ref().unwrap(), &SagaOutcome::NothingToDo);
+    assert_eq!(*seen.lock().unwrap(), Some(true));
+    assert_eq!(outcomes[4].as_ref().unwrap(), &SagaOutcome::Duplicate);
+
+    // The good decisions of the batch were written by one transaction.
+    let writers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM sagas WHERE order_id = ANY($1)")
+            .bind(vec![good.0, twice.0])
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(writers, 1);
+    // The failed decision left nothing behind, not even its message id: it can be retried.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sagas").await,
+        3,
+        "busy, good and twice have sagas; bad has none"
+    );
+    let retried = store
+        .transact(bad, Some(("o", m_bad)), Box::new(start_decision))
+        .await
+        .unwrap();
+    assert_eq!(retried, SagaOutcome::Applied);
 }
 
 #[tokio::test]

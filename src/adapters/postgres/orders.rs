@@ -19,7 +19,7 @@ pub(super) const ORDER_COLUMNS: &str =
 
 #[derive(sqlx::FromRow)]
 pub(super) struct OrderRow {
-    id: Uuid,
+    pub(super) id: Uuid,
     user_id: String,
     value: Decimal,
     installment: i32,

@@ -147,8 +147,8 @@ impl Outbox for PgStore {
 
     async fn wait_for_work(&self, kind: OutboxKind, timeout: Duration) {
         let notify = match kind {
-            OutboxKind::Messages => &self.wake_messages,
-            OutboxKind::Events => &self.wake_events,
+            OutboxKind::Messages => &self.wake.messages,
+            OutboxKind::Events => &self.wake.events,
         };
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
     }
