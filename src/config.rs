@@ -187,6 +187,10 @@ pub struct HttpArgs {
     /// How long a started idempotency key is remembered, in hours.
     #[arg(long, env = "IDEMPOTENCY_KEY_TTL_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub idempotency_key_ttl_hours: u32,
+    /// Refuse new orders (503 with Retry-After) while this many or more are
+    /// PROCESSING, so the queue never outgrows the saga's deadlines; 0: never.
+    #[arg(long, env = "API_MAX_PROCESSING", default_value_t = 1000)]
+    pub api_max_processing: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -602,6 +606,7 @@ impl Command {
                 s.http_addr = SocketAddr::new(a.http.host, a.http.port);
                 s.idempotency_ttl =
                     chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
+                s.max_processing = a.http.api_max_processing;
                 a.saga.apply(&mut s);
                 s.user_api = a.user_api.settings(if a.user_api_stub {
                     a.stub.user_api_port
@@ -621,6 +626,7 @@ impl Command {
                 s.http_addr = SocketAddr::new(a.http.host, a.http.port);
                 s.idempotency_ttl =
                     chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
+                s.max_processing = a.http.api_max_processing;
                 s.relay = a.relay.settings();
                 (
                     Roles {

@@ -18,8 +18,8 @@ use crate::adapters::user_api::{self, HttpUserDirectory, UserApiSettings};
 use crate::application::health::{Dependency, Readiness};
 use crate::application::messages::Topic;
 use crate::application::orchestrator::Orchestrator;
-use crate::application::orders::OrderService;
-use crate::application::ports::{EventLog, MessageHandler, MessagePublisher};
+use crate::application::orders::{Admission, OrderService};
+use crate::application::ports::{EventLog, MessageHandler, MessagePublisher, OrderStore};
 use crate::application::relay::{Relay, RelaySettings};
 use crate::application::validators::{BalanceValidator, UserValidator};
 use crate::domain::{Money, SagaPolicy};
@@ -86,6 +86,8 @@ pub struct Settings {
     /// Where a process without the API serves /health, /ready and /metrics (OPS_PORT).
     pub ops_addr: Option<SocketAddr>,
     pub idempotency_ttl: chrono::Duration,
+    /// PROCESSING orders at which the API refuses new ones (0: never).
+    pub max_processing: u64,
     pub saga: SagaPolicy,
     pub sweep_interval: Duration,
     pub start_grace: chrono::Duration,
@@ -139,6 +141,7 @@ impl Default for Settings {
             stub_addr: "0.0.0.0:8001".parse().expect("valid"),
             ops_addr: None,
             idempotency_ttl: chrono::Duration::hours(24),
+            max_processing: 1000,
             saga: SagaPolicy::default(),
             sweep_interval: Duration::from_millis(250),
             start_grace: chrono::Duration::seconds(5),
@@ -233,6 +236,8 @@ impl Server {
 
 /// How often the orchestrator purges old processed ids and expired idempotency keys.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// How often the API recounts PROCESSING orders for admission control.
+const ADMISSION_REFRESH: Duration = Duration::from_millis(200);
 
 /// How long start-up waits for each dependency before giving up.
 const START_PATIENCE: Duration = Duration::from_secs(30);
@@ -433,11 +438,24 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
 
     let mut api_addr = None;
     if roles.api {
-        let orders = Arc::new(OrderService::new(
-            Arc::new(store.clone().expect("postgres")),
-            Arc::new(event_log.clone().expect("mongo")),
-            settings.idempotency_ttl,
-        ));
+        let order_store: Arc<dyn OrderStore> = Arc::new(store.clone().expect("postgres"));
+        let admission = Arc::new(Admission::new(settings.max_processing));
+        if admission.limit() > 0 {
+            let (admission, store, token) =
+                (admission.clone(), order_store.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                admission.run(store, ADMISSION_REFRESH, token).await;
+                ("admission", Ok(()))
+            });
+        }
+        let orders = Arc::new(
+            OrderService::new(
+                order_store,
+                Arc::new(event_log.clone().expect("mongo")),
+                settings.idempotency_ttl,
+            )
+            .with_admission(admission),
+        );
         let app = http::router(AppState {
             orders,
             readiness: readiness.clone(),

@@ -22,6 +22,9 @@ pub enum AppError {
         dependency: &'static str,
         detail: String,
     },
+    /// Too much work is waiting: come back after `retry_after_secs`.
+    #[error("{0}")]
+    Overloaded(String, u32),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

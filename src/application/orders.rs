@@ -1,6 +1,7 @@
 //! Use cases behind the HTTP API: place, get and list orders, read an order's events.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{Duration, SubsecRound, Utc};
 use serde_json::json;
@@ -23,6 +24,72 @@ pub struct OrderService {
     store: Arc<dyn OrderStore>,
     events: Arc<dyn EventLog>,
     idempotency_ttl: Duration,
+    admission: Arc<Admission>,
+}
+
+/// Admission control: new orders are refused (503, `Retry-After`) while
+/// `limit` or more orders are PROCESSING. Past what the saga settles per
+/// second, a queue of accepted orders only grows, and orders that wait
+/// longer than the step deadlines get canceled; a refused client can retry.
+/// The count is PostgreSQL's, refreshed by `Admission::run`, plus the orders
+/// this process accepted since.
+pub struct Admission {
+    /// 0: no limit.
+    limit: u64,
+    processing: AtomicU64,
+}
+
+/// Seconds a refused client is told to wait.
+const RETRY_AFTER_SECS: u32 = 1;
+
+impl Admission {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            processing: AtomicU64::new(0),
+        }
+    }
+
+    pub fn unlimited() -> Self {
+        Self::new(0)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn admit(&self) -> Result<(), AppError> {
+        let processing = self.processing.load(Ordering::Relaxed);
+        if self.limit > 0 && processing >= self.limit {
+            return Err(AppError::Overloaded(
+                format!(
+                    "{processing} orders are still being validated (the limit is {}, API_MAX_PROCESSING); retry later",
+                    self.limit
+                ),
+                RETRY_AFTER_SECS,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Keeps the count current until `shutdown`; a failed count keeps the last one.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn OrderStore>,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            match store.processing_count().await {
+                Ok(n) => self.processing.store(n, Ordering::Relaxed),
+                Err(e) => tracing::debug!(error = %e, "cannot count PROCESSING orders"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
 }
 
 /// A placed order, and whether this request created it or replayed an earlier one.
@@ -42,7 +109,14 @@ impl OrderService {
             store,
             events,
             idempotency_ttl,
+            admission: Arc::new(Admission::unlimited()),
         }
+    }
+
+    /// The same service, refusing new orders as `admission` says.
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Stores the order as PROCESSING with its `order-created` message in the
@@ -77,6 +151,7 @@ impl OrderService {
                 })
             }
         };
+        self.admission.admit()?;
         let order = Order::place(OrderId::new(), new, now);
         let payload = OrderCreated {
             order_id: order.id,
@@ -113,6 +188,7 @@ impl OrderService {
         {
             PlaceOutcome::Created(order) => {
                 ::metrics::counter!(crate::metrics::ORDERS_PLACED).increment(1);
+                self.admission.processing.fetch_add(1, Ordering::Relaxed);
                 Ok(Placed {
                     order,
                     created: true,

@@ -116,6 +116,8 @@ pub trait OrderStore: Send + Sync {
     ) -> Result<OrderPage, StoreError>;
     /// The most recently placed orders, newest first, whoever placed them.
     async fn recent(&self, limit: u32) -> Result<Vec<Order>, StoreError>;
+    /// How many orders are PROCESSING (their saga has not settled them yet).
+    async fn processing_count(&self) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

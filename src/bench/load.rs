@@ -25,6 +25,8 @@ pub struct LoadResult {
     pub sent: u64,
     pub accepted: u64,
     pub errors: u64,
+    /// Answered 503 `overloaded`: refused by admission control (API_MAX_PROCESSING), not errors.
+    pub refused: u64,
     /// First few distinct error descriptions.
     pub error_samples: Vec<String>,
     pub load_secs: f64,
@@ -109,6 +111,7 @@ struct Counters {
     sent: AtomicU64,
     accepted: AtomicU64,
     errors: AtomicU64,
+    refused: AtomicU64,
     samples: std::sync::Mutex<Vec<String>>,
 }
 
@@ -118,6 +121,7 @@ impl Counters {
             sent: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             samples: Default::default(),
         }
     }
@@ -166,6 +170,11 @@ async fn post(
         Ok(r) => {
             let status = r.status();
             let body = r.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && body.contains("\"overloaded\"")
+            {
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
             c.error(format!(
                 "HTTP {status}: {}",
                 body.chars().take(200).collect::<String>()
@@ -411,6 +420,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         sent: counters.sent.load(Ordering::Relaxed),
         accepted,
         errors: counters.errors.load(Ordering::Relaxed),
+        refused: counters.refused.load(Ordering::Relaxed),
         error_samples: counters.samples.lock().unwrap().clone(),
         load_secs,
         post_per_sec: accepted as f64 / load_secs,

@@ -51,11 +51,12 @@ impl Report {
         let l = &self.load;
         let f = self.floors.as_ref();
         let mut out = format!(
-            "ordersaga bench: {}, {:.0} s; {} sent, {} accepted, {} errors; {} settled ({} approved, {} canceled), {} not settled\n\n",
+            "ordersaga bench: {}, {:.0} s; {} sent, {} accepted, {} refused (503 overloaded), {} errors; {} settled ({} approved, {} canceled), {} not settled\n\n",
             l.mode,
             l.load_secs,
             l.sent,
             l.accepted,
+            l.refused,
             l.errors,
             l.settled,
             l.approved,

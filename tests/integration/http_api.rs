@@ -6,7 +6,7 @@ use std::time::Duration;
 use ordersaga::adapters::http::{AppState, router};
 use ordersaga::adapters::kafka::KafkaPublisher;
 use ordersaga::application::health::{Dependency, Readiness};
-use ordersaga::application::orders::OrderService;
+use ordersaga::application::orders::{Admission, OrderService};
 use ordersaga::application::ports::Outbox;
 use serde_json::Value;
 
@@ -19,14 +19,21 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(Arc::new(Admission::unlimited())).await
+}
+
+async fn fixture_with(admission: Arc<Admission>) -> Fixture {
     let db = TestDb::new().await;
     let mongo = TestMongo::new().await;
     let publisher = KafkaPublisher::new(kafka_settings(), "test").unwrap();
-    let orders = Arc::new(OrderService::new(
-        Arc::new(db.store.clone()),
-        Arc::new(mongo.log.clone()),
-        chrono::Duration::hours(1),
-    ));
+    let orders = Arc::new(
+        OrderService::new(
+            Arc::new(db.store.clone()),
+            Arc::new(mongo.log.clone()),
+            chrono::Duration::hours(1),
+        )
+        .with_admission(admission),
+    );
     let readiness = Arc::new(Readiness::new(
         vec![
             Dependency::Postgres(Arc::new(db.store.clone())),
@@ -483,4 +490,57 @@ async fn health_readiness_and_the_swagger_document() {
         .unwrap();
     assert!(r.status().is_redirection());
     assert_eq!(r.headers()["location"], "/swagger-ui/");
+}
+
+#[tokio::test]
+async fn past_the_processing_limit_new_orders_get_a_503_with_retry_after() {
+    let admission = Arc::new(Admission::new(2));
+    let f = fixture_with(admission.clone()).await;
+    let valid = with("value", "1000.00");
+    for _ in 0..2 {
+        assert_eq!(post(&f.api, &valid).await.0, 201);
+    }
+    let refused = f
+        .api
+        .http
+        .post(f.api.url("/api/orders"))
+        .form(&[
+            ("value", "1000.00"),
+            ("user_id", "uuuu-aaaa-bbbb"),
+            ("installment", "1"),
+            ("method", "credit_card"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "overloaded");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("API_MAX_PROCESSING"),
+        "{body}"
+    );
+    // Nothing was stored for the refused order.
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(f.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+
+    // Once the saga settles orders, the recount (from PostgreSQL) lets new ones in.
+    sqlx::query("UPDATE orders SET status = 'APPROVED', updated_at = now()")
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel(); // count once, then return
+    admission
+        .clone()
+        .run(Arc::new(f.db.store.clone()), Duration::from_secs(1), stop)
+        .await;
+    assert_eq!(post(&f.api, &valid).await.0, 201);
 }

@@ -13,7 +13,7 @@ use crate::domain::FieldError;
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable kind: `invalid_fields`, `bad_request`, `not_found`, `conflict`,
-    /// `unsupported_media_type`, `payload_too_large`, `method_not_allowed`, `unavailable`, `internal`.
+    /// `unsupported_media_type`, `payload_too_large`, `method_not_allowed`, `unavailable`, `overloaded`, `internal`.
     #[schema(example = "invalid_fields")]
     pub error: String,
     /// What went wrong, for people.
@@ -46,6 +46,8 @@ impl From<&FieldError> for FieldProblem {
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// Seconds for a `Retry-After` header, when the client should come back later.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -57,6 +59,7 @@ impl ApiError {
                 message: message.into(),
                 fields: vec![],
             },
+            retry_after: None,
         }
     }
 
@@ -68,6 +71,7 @@ impl ApiError {
                 message: field.to_string(),
                 fields: vec![(&field).into()],
             },
+            retry_after: None,
         }
     }
 
@@ -94,6 +98,7 @@ impl From<AppError> for ApiError {
                         .join("; "),
                     fields: fields.iter().map(Into::into).collect(),
                 },
+                retry_after: None,
             },
             AppError::Rejected(field) => {
                 ApiError::field(StatusCode::BAD_REQUEST, "bad_request", field)
@@ -112,6 +117,10 @@ impl From<AppError> for ApiError {
                     format!("{dependency} is unavailable; try again shortly"),
                 )
             }
+            AppError::Overloaded(message, retry_after) => ApiError {
+                retry_after: Some(retry_after),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+            },
             AppError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 ApiError::new(
@@ -126,6 +135,12 @@ impl From<AppError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -171,7 +171,8 @@ pub enum OrderFormDoc {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not a form", body = ErrorBody),
         (status = 422, description = "A field is missing or malformed", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 503, description = "Storage unavailable (`unavailable`), or too many orders still PROCESSING (`overloaded`, with a Retry-After header in seconds; see API_MAX_PROCESSING)", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `overloaded`)"))),
     )
 )]
 pub async fn place_order(

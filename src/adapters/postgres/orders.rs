@@ -235,4 +235,13 @@ impl OrderStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         PgStore::ping(self).await
     }
+
+    async fn processing_count(&self) -> Result<u64, StoreError> {
+        // Counted on the partial index of PROCESSING orders.
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PROCESSING'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(n.max(0) as u64)
+    }
 }
