@@ -41,7 +41,7 @@ impl PgSettings {
     pub const DEFAULT_SAGA_BATCH_MAX: usize = 64;
 }
 
-/// Wakes the relays after a commit that wrote outbox rows (see `PgStore::outbox_written`).
+/// Wakes the relays after a commit that wrote outbox rows.
 #[derive(Clone, Default)]
 pub(crate) struct Wake {
     messages: Arc<Notify>,
@@ -51,6 +51,15 @@ pub(crate) struct Wake {
 }
 
 impl Wake {
+    /// Called after a transaction that wrote outbox rows or saga events has
+    /// committed: wakes this process's relay at once and asks
+    /// `PgStore::announce_outbox` to tell relays elsewhere.
+    ///
+    /// This is not a trigger on purpose: a transaction that NOTIFYs holds a
+    /// database-wide lock from its commit until it is flushed, so every
+    /// writer's commit would wait for the one before it (no group commit).
+    /// Measured with pgbench, 8 clients: 4,200 single-row commits/s without
+    /// NOTIFY, 1,400/s with (docs/performance.md).
     pub(crate) fn outbox_written(&self) {
         self.messages.notify_one();
         self.events.notify_one();
@@ -100,21 +109,8 @@ impl PgStore {
         self
     }
 
-    /// Called after a transaction that wrote outbox rows or saga events has
-    /// committed: wakes this process's relay at once and asks `announce_outbox`
-    /// to tell relays elsewhere.
-    ///
-    /// This is not a trigger on purpose: a transaction that NOTIFYs holds a
-    /// database-wide lock from its commit until it is flushed, so every
-    /// writer's commit would wait for the one before it (no group commit).
-    /// Measured with pgbench, 8 clients: 4,200 single-row commits/s without
-    /// NOTIFY, 1,400/s with (docs/performance.md).
-    pub(crate) fn outbox_written(&self) {
-        self.wake.outbox_written();
-    }
-
     /// Sends a NOTIFY on the outbox channel after commits that wrote outbox
-    /// rows (`outbox_written`), at most one per `ANNOUNCE_GAP`, outside those
+    /// rows (`Wake::outbox_written`), at most one per `ANNOUNCE_GAP`, outside those
     /// transactions. Relays in other processes hear it through
     /// `listen_for_outbox`; if one is missed they still look every idle poll.
     pub async fn announce_outbox(self, shutdown: CancellationToken) {

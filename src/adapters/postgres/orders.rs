@@ -172,7 +172,7 @@ impl OrderStore for PgStore {
                 tx.commit().await.map_err(classify)?;
             }
         }
-        self.outbox_written();
+        self.wake.outbox_written();
         Ok(PlaceOutcome::Created(order.clone()))
     }
 
