@@ -10,6 +10,7 @@ use crate::adapters::kafka::{KafkaSettings, parse_extra_config};
 use crate::adapters::mongo::MongoSettings;
 use crate::adapters::postgres::PgSettings;
 use crate::adapters::user_api::UserApiSettings;
+use crate::application::orders::DEFAULT_MAX_PROCESSING;
 use crate::application::relay::RelaySettings;
 use crate::domain::saga::UnavailablePolicy;
 use crate::domain::{Money, SagaPolicy};
@@ -189,7 +190,7 @@ pub struct HttpArgs {
     pub idempotency_key_ttl_hours: u32,
     /// Refuse new orders (503 with Retry-After) while this many or more are
     /// PROCESSING, so the queue never outgrows the saga's deadlines; 0: never.
-    #[arg(long, env = "API_MAX_PROCESSING", default_value_t = 1000)]
+    #[arg(long, env = "API_MAX_PROCESSING", default_value_t = DEFAULT_MAX_PROCESSING)]
     pub api_max_processing: u64,
 }
 
@@ -279,7 +280,7 @@ pub struct RelayArgs {
     /// Message batches a relay has in flight at once: while one waits for the
     /// broker's acknowledgement, the next is read and sent (rows are locked
     /// with SKIP LOCKED, so no row goes twice).
-    #[arg(long, env = "RELAY_MESSAGE_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(long, env = "RELAY_MESSAGE_WORKERS", default_value_t = RelaySettings::DEFAULT_MESSAGE_WORKERS as u32, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub relay_message_workers: u32,
 }
 

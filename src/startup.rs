@@ -18,7 +18,7 @@ use crate::adapters::user_api::{self, HttpUserDirectory, UserApiSettings};
 use crate::application::health::{Dependency, Readiness};
 use crate::application::messages::Topic;
 use crate::application::orchestrator::Orchestrator;
-use crate::application::orders::{Admission, OrderService};
+use crate::application::orders::{Admission, DEFAULT_MAX_PROCESSING, OrderService};
 use crate::application::ports::{EventLog, MessageHandler, MessagePublisher, OrderStore};
 use crate::application::relay::{Relay, RelaySettings};
 use crate::application::validators::{BalanceValidator, UserValidator};
@@ -141,7 +141,7 @@ impl Default for Settings {
             stub_addr: "0.0.0.0:8001".parse().expect("valid"),
             ops_addr: None,
             idempotency_ttl: chrono::Duration::hours(24),
-            max_processing: 1000,
+            max_processing: DEFAULT_MAX_PROCESSING,
             saga: SagaPolicy::default(),
             sweep_interval: Duration::from_millis(250),
             start_grace: chrono::Duration::seconds(5),

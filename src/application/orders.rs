@@ -39,6 +39,9 @@ pub struct Admission {
     processing: AtomicU64,
 }
 
+/// PROCESSING orders at which new ones are refused, unless configured otherwise.
+pub const DEFAULT_MAX_PROCESSING: u64 = 1000;
+
 /// Seconds a refused client is told to wait.
 const RETRY_AFTER_SECS: u32 = 1;
 

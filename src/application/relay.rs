@@ -25,13 +25,17 @@ pub struct RelaySettings {
     pub backlog_interval: Duration,
 }
 
+impl RelaySettings {
+    pub const DEFAULT_MESSAGE_WORKERS: usize = 2;
+}
+
 impl Default for RelaySettings {
     fn default() -> Self {
         Self {
             batch_size: 500,
             idle_poll: Duration::from_millis(500),
             events_gather: Duration::from_millis(50),
-            message_workers: 2,
+            message_workers: Self::DEFAULT_MESSAGE_WORKERS,
             max_backoff: Duration::from_secs(5),
             backlog_interval: Duration::from_secs(5),
         }
