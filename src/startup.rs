@@ -301,6 +301,8 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             ));
         }
         let publisher = KafkaPublisher::new(kafka_settings.clone(), "ordersaga")?;
+        let p = publisher.clone();
+        tokio::spawn(async move { p.learn_topics().await });
         dependencies.push(Dependency::Kafka(Arc::new(publisher.clone())));
         Some(publisher)
     } else {
