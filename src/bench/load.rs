@@ -9,7 +9,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use super::{BenchArgs, Summary, rss_mib};
+use super::{BenchArgs, Summary, cpu, rss_mib};
 
 /// Orders of one run go to these users (all valid for the stub user API), so
 /// the run's orders are found through the `(user_id, created_at)` index.
@@ -46,6 +46,8 @@ pub struct LoadResult {
     pub settled_per_sec_worst_second: Option<u64>,
     pub rss_max_mib: Option<f64>,
     pub rss_end_mib: Option<f64>,
+    /// CPU of every program on the machine while the load ran, busiest first.
+    pub cpu: Vec<cpu::Share>,
 }
 
 /// One stage of settling an order, and how long the run's orders spent in it.
@@ -294,6 +296,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         })
     };
 
+    let cpu_before = cpu::Snapshot::take();
     let started = Instant::now();
     let deadline = started + duration;
     let mut latencies = Vec::new();
@@ -367,6 +370,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         }
     }
     let load_secs = started.elapsed().as_secs_f64();
+    let cpu = cpu::Snapshot::take().since(&cpu_before, args.pid);
 
     // Wait for every accepted order to settle (or the timeout).
     let accepted = counters.accepted.load(Ordering::Relaxed);
@@ -435,5 +439,6 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         settled_per_sec_worst_second: worst_second,
         rss_max_mib: rss.iter().copied().reduce(f64::max),
         rss_end_mib: args.pid.and_then(rss_mib),
+        cpu,
     })
 }

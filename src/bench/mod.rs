@@ -1,6 +1,7 @@
 //! `ordersaga bench`: drives a running ordersaga over HTTP and reports its
-//! throughput, latency, settle time and memory next to the floors its
-//! dependencies set, measured in the same run on the same servers:
+//! throughput, latency, settle time, memory and where the machine's CPU went,
+//! next to the floors its dependencies set, measured in the same run on the
+//! same servers:
 //!
 //! - (a) a bare single-row `INSERT` + `COMMIT` into PostgreSQL at the same
 //!   concurrency (the least work an accepted order can cost);
@@ -10,6 +11,7 @@
 //! It is a measuring tool, not part of the service: nothing here is wired into
 //! the other roles. See docs/performance.md for how the figures are read.
 
+mod cpu;
 mod floors;
 mod load;
 mod report;
@@ -40,7 +42,8 @@ pub struct BenchArgs {
     /// Longest wait, after the load, for the sent orders to settle (seconds).
     #[arg(long, default_value_t = 60)]
     pub settle_timeout_secs: u64,
-    /// Pid of the service (`ordersaga all`), to sample its memory (RSS) while it runs.
+    /// Pid of the service (`ordersaga all`), to sample its memory (RSS) while it runs
+    /// and name it apart in the CPU breakdown.
     #[arg(long)]
     pub pid: Option<u32>,
     /// Skip the floors (only drive the service).

@@ -138,6 +138,18 @@ impl Report {
                 .map(|m| format!("{m:.1}"))
                 .unwrap_or("–".into())
         );
+        if !l.cpu.is_empty() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            out += &format!(
+                "| CPU while the load ran, % of one core (of {}) | {} | | |\n",
+                cores * 100,
+                l.cpu
+                    .iter()
+                    .map(|s| format!("{} {:.0}", s.program, s.percent_of_core))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if !l.error_samples.is_empty() {
             out += "\nerrors seen:\n";
             for e in &l.error_samples {
