@@ -47,20 +47,26 @@ impl KafkaPublisher {
     /// this, a fresh process's first publish to a topic took about a second.
     /// A failure is only logged: publishing learns the same on its own.
     pub async fn learn_topics(&self) {
-        let producer = self.producer.clone();
-        let topics: Vec<String> = Topic::ALL.iter().map(|t| self.settings.topic(*t)).collect();
-        let learned = tokio::task::spawn_blocking(move || {
-            topics.iter().try_for_each(|topic| {
-                producer
-                    .client()
-                    .fetch_metadata(Some(topic), Duration::from_secs(3))
-                    .map(|_| ())
-            })
-        })
-        .await;
-        if let Ok(Err(e)) = learned {
-            tracing::warn!(error = %e, "cannot read the topics' partitions yet");
+        for topic in Topic::ALL {
+            if let Err(e) = self.metadata(Some(self.settings.topic(topic))).await {
+                tracing::warn!(error = %e, "cannot read the topics' partitions yet");
+                return;
+            }
         }
+    }
+
+    /// Asks the broker for the metadata of one topic, or of all of them.
+    async fn metadata(&self, topic: Option<String>) -> Result<(), PublishError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(topic.as_deref(), Duration::from_secs(3))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| PublishError(e.to_string()))?
+        .map_err(|e| PublishError(e.to_string()))
     }
 
     /// Waits until every queued message is delivered (or `timeout` passes).
@@ -163,15 +169,6 @@ impl MessagePublisher for KafkaPublisher {
     }
 
     async fn ping(&self) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(3))
-                .map(|_| ())
-        })
-        .await
-        .map_err(|e| PublishError(e.to_string()))?
-        .map_err(|e| PublishError(e.to_string()))
+        self.metadata(None).await
     }
 }
