@@ -282,6 +282,13 @@ pub struct RelayArgs {
     /// with SKIP LOCKED, so no row goes twice).
     #[arg(long, env = "RELAY_MESSAGE_WORKERS", default_value_t = RelaySettings::DEFAULT_MESSAGE_WORKERS as u32, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub relay_message_workers: u32,
+    /// In a process that runs a relay, the messages its own writes commit go
+    /// straight to that relay instead of being read back from the outbox;
+    /// their rows stay as the fallback, reserved for this long (ms) before
+    /// any relay may send them (after a crash, say). 0: every message is
+    /// read back from the table.
+    #[arg(long, env = "RELAY_HAND_OFF_LEASE_MS", default_value_t = RelaySettings::DEFAULT_HAND_OFF_LEASE.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub relay_hand_off_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -581,6 +588,7 @@ impl RelayArgs {
             idle_poll: ms(self.relay_idle_poll_ms),
             events_gather: ms(self.relay_events_gather_ms),
             message_workers: self.relay_message_workers as usize,
+            hand_off_lease: ms(self.relay_hand_off_lease_ms),
             ..RelaySettings::default()
         }
     }

@@ -278,7 +278,10 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             })
             .await?;
         }
-        let store = PgStore::connect_lazy(&settings.db)?;
+        let mut store = PgStore::connect_lazy(&settings.db)?;
+        if roles.relay && !settings.relay.hand_off_lease.is_zero() {
+            store = store.with_hand_off(settings.relay.hand_off_lease);
+        }
         dependencies.push(Dependency::Postgres(Arc::new(store.clone())));
         Some(store)
     } else {

@@ -23,10 +23,14 @@ pub struct RelaySettings {
     pub max_backoff: Duration,
     /// How often the backlog gauges (`ordersaga_outbox_backlog`) are refreshed.
     pub backlog_interval: Duration,
+    /// How long a message handed straight from this process's writers to its
+    /// relay keeps its outbox row from every relay's scan; zero: no hand-off.
+    pub hand_off_lease: Duration,
 }
 
 impl RelaySettings {
     pub const DEFAULT_MESSAGE_WORKERS: usize = 2;
+    pub const DEFAULT_HAND_OFF_LEASE: Duration = Duration::from_secs(5);
 }
 
 impl Default for RelaySettings {
@@ -38,6 +42,7 @@ impl Default for RelaySettings {
             message_workers: Self::DEFAULT_MESSAGE_WORKERS,
             max_backoff: Duration::from_secs(5),
             backlog_interval: Duration::from_secs(5),
+            hand_off_lease: Self::DEFAULT_HAND_OFF_LEASE,
         }
     }
 }
@@ -79,7 +84,7 @@ impl Relay {
     }
 
     /// Runs the loops until `shutdown`; each drains what is pending before it
-    /// returns. Messages have `message_workers` loops, so the next batch is
+    /// returns (until a pass finds nothing). Messages have `message_workers` loops, so the next batch is
     /// read and sent while one waits for the broker's acknowledgement. Order
     /// between them does not matter: an order has one message in flight at a
     /// time (each follows the reply to the one before), and should a retried
@@ -143,7 +148,12 @@ impl Relay {
                         continue; // more may be waiting
                     }
                     if shutdown.is_cancelled() {
-                        return;
+                        if n == 0 {
+                            return;
+                        }
+                        // Once more, until a pass finds nothing: it also
+                        // tidies up after the last batch (sent rows deleted).
+                        continue;
                     }
                     let gather = match kind {
                         OutboxKind::Messages => Duration::ZERO,

@@ -629,3 +629,145 @@ async fn a_commit_that_writes_to_the_outboxes_wakes_the_relays_here_and_elsewher
     payloads.sort();
     assert_eq!(payloads, ["outbox", "saga_events"]);
 }
+
+/// A store that hands the messages it commits to its own relay, as in a
+/// process that runs one (the API or the orchestrator with its embedded relay).
+fn handing_store(db: &TestDb, lease: Duration) -> PgStore {
+    PgStore::from_pool(db.pool().clone()).with_hand_off(lease)
+}
+
+fn handing_service(store: &PgStore) -> OrderService {
+    OrderService::new(
+        Arc::new(store.clone()),
+        Arc::new(fakes::Log::default()),
+        chrono::Duration::hours(1),
+    )
+}
+
+#[tokio::test]
+async fn handed_off_messages_go_out_once_from_this_process_and_their_rows_are_deleted() {
+    let db = TestDb::new().await;
+    let here = handing_store(&db, Duration::from_secs(60));
+    let svc = handing_service(&here);
+    let mut placed = Vec::new();
+    for i in 0..3 {
+        let order = svc
+            .place(form(&format!("{}", i + 1), "u"), "c", None)
+            .await
+            .unwrap()
+            .order;
+        placed.push(order.id.to_string());
+    }
+    // A saga decision's message is handed off too.
+    let command = ordersaga::application::messages::OutboundMessage::new(
+        Uuid::new_v4(),
+        Topic::UserValidationCommands,
+        ordersaga::domain::OrderId(Uuid::parse_str(&placed[0]).unwrap()),
+        MessageType::ValidateUser,
+        "c",
+        &serde_json::json!({}),
+    );
+    let decision = {
+        let message = command.clone();
+        move |ctx: &SagaContext| -> Option<SagaWrite> {
+            let mut write = start_decision(ctx)?;
+            write.outbox.push(message.clone());
+            Some(write)
+        }
+    };
+    let order_id = ordersaga::domain::OrderId(Uuid::parse_str(&placed[0]).unwrap());
+    assert_eq!(
+        here.transact(order_id, None, Box::new(decision))
+            .await
+            .unwrap(),
+        SagaOutcome::Applied
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE handed_until > now() + interval '50 seconds'"
+        )
+        .await,
+        4,
+        "every row written, reserved for the lease"
+    );
+
+    // A relay elsewhere leaves the reserved rows alone.
+    let elsewhere = fakes::Publisher::default();
+    assert_eq!(db.store.relay_messages(10, &elsewhere).await.unwrap(), 0);
+    assert!(elsewhere.sent().is_empty());
+
+    // This process's relay sends them without reading them back.
+    let up = fakes::Publisher::default();
+    let mut sent = 0;
+    while sent < 4 {
+        let n = here.relay_messages(10, &up).await.unwrap();
+        assert!(n > 0, "handed-off messages are waiting");
+        sent += n;
+    }
+    assert_eq!(here.relay_messages(10, &up).await.unwrap(), 0);
+    let mut keys: Vec<String> = up.sent().iter().map(|m| m.key.clone()).collect();
+    keys.sort();
+    let mut expected = placed.clone();
+    expected.push(placed[0].clone());
+    expected.sort();
+    assert_eq!(keys, expected, "each message once");
+    assert!(up.sent().iter().any(|m| m.message_id == command.message_id));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox").await,
+        0,
+        "rows deleted once the relay finds nothing more"
+    );
+}
+
+#[tokio::test]
+async fn a_handed_off_message_is_sent_by_any_relay_once_its_lease_ends() {
+    let db = TestDb::new().await;
+    // This process commits an order, then dies before its relay sends it.
+    let gone = handing_store(&db, Duration::from_millis(300));
+    handing_service(&gone)
+        .place(form("1", "u"), "c", None)
+        .await
+        .unwrap();
+    drop(gone);
+    let up = fakes::Publisher::default();
+    assert_eq!(
+        db.store.relay_messages(10, &up).await.unwrap(),
+        0,
+        "reserved until the lease ends"
+    );
+    crate::common::eventually("the lease to end", Duration::from_secs(10), || async {
+        (db.store.relay_messages(10, &up).await.unwrap() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(up.sent().len(), 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test]
+async fn a_hand_off_the_broker_refused_is_left_to_the_table_at_once() {
+    let db = TestDb::new().await;
+    let here = handing_store(&db, Duration::from_secs(60));
+    let svc = handing_service(&here);
+    for i in 0..2 {
+        svc.place(form(&format!("{}", i + 1), "u"), "c", None)
+            .await
+            .unwrap();
+    }
+    let down = fakes::Publisher::failing();
+    assert!(here.relay_messages(10, &down).await.is_err());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE handed_until IS NULL"
+        )
+        .await,
+        2,
+        "released, not waiting a minute for the lease"
+    );
+    // The next pass reads them from the table (here, or in any other relay).
+    let up = fakes::Publisher::default();
+    assert_eq!(here.relay_messages(10, &up).await.unwrap(), 2);
+    assert_eq!(up.sent().len(), 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM outbox").await, 0);
+}

@@ -56,20 +56,22 @@ impl TryFrom<OrderRow> for Order {
 
 /// The order, its `order-created` message and its first saga event, in one
 /// statement (so, without an idempotency key, one round trip and an implicit
-/// transaction instead of five round trips).
+/// transaction instead of five round trips). The message's row is reserved
+/// for `lease` when it is handed off (`Wake::committed`).
 fn insert_order<'q>(
     order: &'q Order,
     correlation_id: &'q str,
     message: &'q OutboundMessage,
     event: &'q NewEvent,
+    lease: Option<std::time::Duration>,
 ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(
         "WITH new_order AS (
              INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9)
          ), message AS (
-             INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at)
-             VALUES ($10, $11, $12, $13, $14, $15, $16)
+             INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at, handed_until)
+             VALUES ($10, $11, $12, $13, $14, $15, $16, now() + $22::interval)
          )
          INSERT INTO saga_events (event_id, order_id, event_type, payload, occurred_at)
          VALUES ($17, $18, $19, $20, $21)",
@@ -95,6 +97,7 @@ fn insert_order<'q>(
     .bind(event.kind.as_str())
     .bind(&event.payload)
     .bind(event.at)
+    .bind(lease)
 }
 
 impl PgStore {
@@ -147,7 +150,7 @@ impl OrderStore for PgStore {
         message: &OutboundMessage,
         event: &NewEvent,
     ) -> Result<PlaceOutcome, StoreError> {
-        let insert = insert_order(order, correlation_id, message, event);
+        let insert = insert_order(order, correlation_id, message, event, self.wake.lease());
         match idempotency {
             // One statement, its own transaction: one round trip to the server.
             None => {
@@ -172,7 +175,7 @@ impl OrderStore for PgStore {
                 tx.commit().await.map_err(classify)?;
             }
         }
-        self.wake.outbox_written();
+        self.wake.committed(vec![message.clone()], true);
         Ok(PlaceOutcome::Created(order.clone()))
     }
 

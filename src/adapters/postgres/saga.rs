@@ -53,8 +53,9 @@ const RECORD_SQL: &str = "INSERT INTO processed_messages (consumer, message_id)
 const SAGAS_SQL: &str = "SELECT order_id, state FROM sagas WHERE order_id = ANY($1)";
 
 /// Writes a batch of decisions: the sagas, the orders' settlements (only
-/// from PROCESSING), the outbox messages and the saga events; returns how
-/// many orders were settled. One round trip.
+/// from PROCESSING), the outbox messages (reserved for the hand-off's lease,
+/// if any) and the saga events; returns how many orders were settled. One
+/// round trip.
 const WRITE_SQL: &str = "WITH saga AS (
          INSERT INTO sagas (order_id, state, next_deadline)
          SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::timestamptz[])
@@ -66,8 +67,9 @@ const WRITE_SQL: &str = "WITH saga AS (
          WHERE o.id = s.id AND o.status = 'PROCESSING'
          RETURNING 1
      ), messages AS (
-         INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at)
-         SELECT * FROM UNNEST($8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::timestamptz[])
+         INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at, handed_until)
+         SELECT *, now() + $20::interval
+         FROM UNNEST($8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::timestamptz[])
      ), events AS (
          INSERT INTO saga_events (event_id, order_id, event_type, payload, occurred_at)
          SELECT * FROM UNNEST($15::uuid[], $16::uuid[], $17::text[], $18::jsonb[], $19::timestamptz[])
@@ -271,7 +273,7 @@ impl Writer {
         }
         if !writes.is_empty() {
             let settling = writes.iter().filter(|(_, w)| w.settle.is_some()).count() as i64;
-            let settled = write(&mut tx, &writes).await?;
+            let settled = write(&mut tx, &writes, self.wake.lease()).await?;
             // Guarded twice: by the WHERE clause, and by the transition trigger.
             if settled != settling {
                 tx.rollback().await.map_err(classify)?;
@@ -282,12 +284,9 @@ impl Writer {
             }
         }
         tx.commit().await.map_err(classify)?;
-        if writes
-            .iter()
-            .any(|(_, w)| !w.outbox.is_empty() || !w.events.is_empty())
-        {
-            self.wake.outbox_written();
-        }
+        let events = writes.iter().any(|(_, w)| !w.events.is_empty());
+        let messages = writes.into_iter().flat_map(|(_, w)| w.outbox).collect();
+        self.wake.committed(messages, events);
         Ok(Batch::Committed(outcomes))
     }
 }
@@ -328,6 +327,7 @@ fn decide(
 async fn write(
     tx: &mut sqlx::PgConnection,
     writes: &[(OrderId, SagaWrite)],
+    lease: Option<std::time::Duration>,
 ) -> Result<i64, StoreError> {
     let states = writes
         .iter()
@@ -390,6 +390,7 @@ async fn write(
         .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(lease)
         .fetch_one(tx)
         .await
         .map_err(classify)
