@@ -39,6 +39,16 @@ async fn placed_order(db: &TestDb) -> Order {
         .order
 }
 
+/// Places `n` valid orders for user "u", with values 1..=n; returns them in order.
+async fn place_orders(svc: &OrderService, n: u32) -> Vec<Order> {
+    let mut placed = Vec::new();
+    for i in 1..=n {
+        let order = svc.place(form(&i.to_string(), "u"), "c", None).await;
+        placed.push(order.unwrap().order);
+    }
+    placed
+}
+
 async fn count(db: &TestDb, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(db.pool()).await.unwrap()
 }
@@ -518,12 +528,7 @@ async fn due_finds_passed_deadlines_and_orphaned_orders() {
 #[tokio::test]
 async fn the_relay_removes_messages_only_once_published() {
     let db = TestDb::new().await;
-    let svc = service(&db);
-    for i in 0..3 {
-        svc.place(form(&format!("{}", i + 1), "u"), "c", None)
-            .await
-            .unwrap();
-    }
+    place_orders(&service(&db), 3).await;
     let down = fakes::Publisher::failing();
     assert!(db.store.relay_messages(10, &down).await.is_err());
     assert_eq!(
@@ -545,12 +550,7 @@ async fn the_relay_removes_messages_only_once_published() {
 #[tokio::test]
 async fn relays_side_by_side_never_publish_the_same_row_twice() {
     let db = TestDb::new().await;
-    let svc = service(&db);
-    for i in 0..200 {
-        svc.place(form(&format!("{}", i + 1), "u"), "c", None)
-            .await
-            .unwrap();
-    }
+    place_orders(&service(&db), 200).await;
     let a = Arc::new(fakes::Publisher::default());
     let b = Arc::new(fakes::Publisher::default());
     let run = |p: Arc<fakes::Publisher>, store: ordersaga::adapters::postgres::PgStore| {
@@ -648,16 +648,11 @@ fn handing_service(store: &PgStore) -> OrderService {
 async fn handed_off_messages_go_out_once_from_this_process_and_their_rows_are_deleted() {
     let db = TestDb::new().await;
     let here = handing_store(&db, Duration::from_secs(60));
-    let svc = handing_service(&here);
-    let mut placed = Vec::new();
-    for i in 0..3 {
-        let order = svc
-            .place(form(&format!("{}", i + 1), "u"), "c", None)
-            .await
-            .unwrap()
-            .order;
-        placed.push(order.id.to_string());
-    }
+    let placed: Vec<String> = place_orders(&handing_service(&here), 3)
+        .await
+        .iter()
+        .map(|o| o.id.to_string())
+        .collect();
     // A saga decision's message is handed off too.
     let command = ordersaga::application::messages::OutboundMessage::new(
         Uuid::new_v4(),
@@ -748,12 +743,7 @@ async fn a_handed_off_message_is_sent_by_any_relay_once_its_lease_ends() {
 async fn a_hand_off_the_broker_refused_is_left_to_the_table_at_once() {
     let db = TestDb::new().await;
     let here = handing_store(&db, Duration::from_secs(60));
-    let svc = handing_service(&here);
-    for i in 0..2 {
-        svc.place(form(&format!("{}", i + 1), "u"), "c", None)
-            .await
-            .unwrap();
-    }
+    place_orders(&handing_service(&here), 2).await;
     let down = fakes::Publisher::failing();
     assert!(here.relay_messages(10, &down).await.is_err());
     assert_eq!(
