@@ -761,3 +761,21 @@ async fn a_hand_off_the_broker_refused_is_left_to_the_table_at_once() {
     assert_eq!(up.sent().len(), 2);
     assert_eq!(count(&db, "SELECT count(*) FROM outbox").await, 0);
 }
+
+#[tokio::test]
+async fn a_hand_off_that_waited_past_half_its_lease_is_left_to_the_table() {
+    let db = TestDb::new().await;
+    // A zero lease ends at once: every handed message is already past half of it,
+    // as after a long broker outage, and any relay's scan may send its row.
+    let here = handing_store(&db, Duration::ZERO);
+    place_orders(&handing_service(&here), 3).await;
+    let elsewhere = fakes::Publisher::default();
+    assert_eq!(db.store.relay_messages(10, &elsewhere).await.unwrap(), 3);
+    let up = fakes::Publisher::default();
+    while here.relay_messages(10, &up).await.unwrap() > 0 {}
+    assert!(
+        up.sent().is_empty(),
+        "the hand-off does not send again what the scan may have sent"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM outbox").await, 0);
+}
