@@ -3,8 +3,11 @@
 # stack in a fresh database, topic prefix and Mongo database, and measures it with
 # `ordersaga bench` (floors first, then the load). docs/performance.md explains the figures.
 #
-#   BENCH_SCENARIOS  what to run, space-separated; each is "closed:<in flight>:<secs>" or
-#                    "open:<orders/s>:<secs>" (default below)
+#   BENCH_SCENARIOS  what to run, space-separated; each is "closed:<in flight>:<secs>",
+#                    "open:<orders/s>:<secs>" or "api:<in flight>:<secs>" (default below).
+#                    "api" measures the API alone: a second process, `ordersaga api` with
+#                    no relay and no admission limit, on a database of its own, whose
+#                    orders never settle (the saga in `all` never sees them)
 #   BENCH_OUT        folder for the reports (default .stack/bench)
 #   BENCH_BIN        an ordersaga binary to measure instead of building this checkout
 #                    (e.g. a copy of an earlier build, for an A/B on the same stack)
@@ -14,7 +17,7 @@ set -a; . .stack/env; set +a
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ordersaga/target}
 # Open loops first (each waits for its orders to settle), the closed loop last: it
 # accepts orders faster than the saga settles them and leaves a backlog.
-SCENARIOS=${BENCH_SCENARIOS:-"open:100:15 open:200:30 open:300:15 closed:8:15"}
+SCENARIOS=${BENCH_SCENARIOS:-"open:100:15 open:200:30 open:300:15 closed:8:15 api:8:10"}
 OUT=${BENCH_OUT:-.stack/bench}
 mkdir -p "$OUT"
 
@@ -30,33 +33,54 @@ base=${DATABASE_URL%%\?*}
 export DATABASE_URL="${base%/*}/ordersaga_$run"
 export KAFKA_TOPIC_PREFIX="$run." KAFKA_GROUP_PREFIX="$run." MONGODB_DATABASE="ordersaga_$run"
 export PORT=${BENCH_PORT:-18080} USER_API_PORT=${BENCH_USER_API_PORT:-18081}
+API_PORT=${BENCH_API_PORT:-18082}
+API_DB="${base%/*}/ordersaga_${run}_api"
 export RUST_LOG=${RUST_LOG:-warn}
 log="$OUT/ordersaga-all.log"
+
+# wait_ready PORT PID WHAT LOG: until the process answers /ready (30 s at most).
+wait_ready() {
+  for _ in $(seq 1 300); do
+    curl -fsS "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || { echo "bench: $3 exited; see $4" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "bench: $3 not ready after 30 s; see $4" >&2
+  exit 1
+}
 
 "$BIN" migrate
 "$BIN" all >"$log" 2>&1 &
 pid=$!
+api_pid=
 cleanup() {
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  psql "${base%/*}/postgres" -qc "DROP DATABASE IF EXISTS ordersaga_$run WITH (FORCE)" >/dev/null 2>&1 || true
+  kill "$pid" $api_pid 2>/dev/null || true
+  wait "$pid" $api_pid 2>/dev/null || true
+  for db in "ordersaga_$run" "ordersaga_${run}_api"; do
+    psql "${base%/*}/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
-for _ in $(seq 1 300); do
-  curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { echo "bench: ordersaga all exited; see $log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null || { echo "bench: ordersaga all not ready after 30 s; see $log" >&2; exit 1; }
+wait_ready "$PORT" "$pid" "ordersaga all" "$log"
 
 for s in $SCENARIOS; do
   IFS=: read -r mode n secs <<<"$s"
+  echo "== $s" >&2
   case $mode in
     closed) load=(--concurrency "$n") ;;
     open) load=(--rate "$n" --concurrency 8) ;;
-    *) echo "bench: unknown scenario $s (closed:N:SECS or open:RATE:SECS)" >&2; exit 2 ;;
+    api)
+      DATABASE_URL=$API_DB "$BIN" migrate
+      DATABASE_URL=$API_DB PORT=$API_PORT RELAY_EMBEDDED=false API_MAX_PROCESSING=0 \
+        "$BIN" api >"$OUT/ordersaga-api.log" 2>&1 &
+      api_pid=$!
+      wait_ready "$API_PORT" "$api_pid" "ordersaga api" "$OUT/ordersaga-api.log"
+      DATABASE_URL=$API_DB "$BIN" bench --url "http://127.0.0.1:$API_PORT" --pid "$api_pid" --api-only \
+        --concurrency "$n" --duration-secs "$secs" --floor-secs 5 --json "$OUT/api-$n.json" | tee "$OUT/api-$n.md"
+      kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; api_pid=
+      continue ;;
+    *) echo "bench: unknown scenario $s (closed:N:SECS, open:RATE:SECS or api:N:SECS)" >&2; exit 2 ;;
   esac
-  echo "== $s" >&2
   # Every scenario measures its floors again, on the same servers, just before its load.
   "$BIN" bench --url "http://127.0.0.1:$PORT" --pid "$pid" --duration-secs "$secs" "${load[@]}" \
     --floor-secs 5 --json "$OUT/$mode-$n.json" | tee "$OUT/$mode-$n.md"

@@ -199,11 +199,13 @@ const WARM_UP_GAP: Duration = Duration::from_millis(20);
 /// their groups and starting to fetch from each partition, or whose pools are
 /// still opening connections. (With a single warm-up order, the first two
 /// seconds of a 100/s load settled in 1–1.5 s, the rest in about 60 ms.)
+/// For the API alone (`settle` false) it only places them.
 async fn warm_up(
     client: &reqwest::Client,
     url: &str,
     pool: &PgPool,
     run_id: &str,
+    settle: bool,
 ) -> anyhow::Result<()> {
     let user = vec![format!("bench-{run_id}-warm-up")];
     let c = Counters::new();
@@ -217,7 +219,7 @@ async fn warm_up(
         "warm-up orders were refused: {:?}",
         c.samples.lock().unwrap()
     );
-    while (settled_count(pool, &user).await? as u64) < WARM_UP_ORDERS {
+    while settle && (settled_count(pool, &user).await? as u64) < WARM_UP_ORDERS {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the warm-up orders did not settle within 60 s"
@@ -250,7 +252,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         .await
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("the service at {} is not ready", args.url))?;
-    warm_up(&client, &url, pool, run_id).await?;
+    warm_up(&client, &url, pool, run_id, !args.api_only).await?;
     let counters = Arc::new(Counters::new());
     let duration = Duration::from_secs(args.duration_secs);
     let mode = match args.rate {
@@ -375,7 +377,9 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
     // Wait for every accepted order to settle (or the timeout).
     let accepted = counters.accepted.load(Ordering::Relaxed);
     let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout_secs);
-    while (settled_count(pool, &users).await? as u64) < accepted && Instant::now() < settle_deadline
+    while !args.api_only
+        && (settled_count(pool, &users).await? as u64) < accepted
+        && Instant::now() < settle_deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -49,6 +49,12 @@ pub struct BenchArgs {
     /// Skip the floors (only drive the service).
     #[arg(long)]
     pub no_floors: bool,
+    /// Measure the API alone: no Kafka floor, no wait for orders to settle, no
+    /// settle figures. For an API whose saga is not running (`ordersaga api`
+    /// with RELAY_EMBEDDED=false and API_MAX_PROCESSING=0, as the `api`
+    /// scenario of `make bench` starts it).
+    #[arg(long)]
+    pub api_only: bool,
     /// Seconds of the PostgreSQL floor.
     #[arg(long, default_value_t = 10)]
     pub floor_secs: u64,
@@ -81,9 +87,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let floors = if args.no_floors {
         None
     } else {
-        let kafka = args.kafka.settings().map_err(anyhow::Error::msg)?;
-        eprintln!("bench: floor (b): Kafka produce → consume round trips");
-        let rtt = floors::kafka_round_trip(kafka, &run_id, args.kafka_round_trips).await?;
+        let rtt = if args.api_only {
+            None
+        } else {
+            let kafka = args.kafka.settings().map_err(anyhow::Error::msg)?;
+            eprintln!("bench: floor (b): Kafka produce → consume round trips");
+            Some(floors::kafka_round_trip(kafka, &run_id, args.kafka_round_trips).await?)
+        };
         eprintln!(
             "bench: floor (a): INSERT + COMMIT, {} connections, {} s",
             args.concurrency, args.floor_secs

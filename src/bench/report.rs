@@ -8,13 +8,15 @@ use super::{BenchArgs, Summary};
 pub struct Floors {
     /// (a) single-row INSERT + COMMIT at the same concurrency.
     pub insert: InsertFloor,
-    /// (b) one produce → consume round trip.
-    pub rtt: Summary,
+    /// (b) one produce → consume round trip (not measured for the API alone).
+    pub rtt: Option<Summary>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     pub concurrency: u32,
+    /// The API alone: nothing settles, so no settle figures.
+    pub api_only: bool,
     pub floors: Option<Floors>,
     pub load: LoadResult,
 }
@@ -38,6 +40,7 @@ impl Report {
     pub fn new(args: &BenchArgs, floors: Option<Floors>, load: LoadResult) -> Self {
         Self {
             concurrency: args.concurrency,
+            api_only: args.api_only,
             floors,
             load,
         }
@@ -51,18 +54,17 @@ impl Report {
         let l = &self.load;
         let f = self.floors.as_ref();
         let mut out = format!(
-            "ordersaga bench: {}, {:.0} s; {} sent, {} accepted, {} refused (503 overloaded), {} errors; {} settled ({} approved, {} canceled), {} not settled\n\n",
-            l.mode,
-            l.load_secs,
-            l.sent,
-            l.accepted,
-            l.refused,
-            l.errors,
-            l.settled,
-            l.approved,
-            l.canceled,
-            l.unsettled
+            "ordersaga bench: {}, {:.0} s; {} sent, {} accepted, {} refused (503 overloaded), {} errors; ",
+            l.mode, l.load_secs, l.sent, l.accepted, l.refused, l.errors,
         );
+        out += &if self.api_only {
+            "the API alone (its saga not running, so nothing settles)\n\n".to_owned()
+        } else {
+            format!(
+                "{} settled ({} approved, {} canceled), {} not settled\n\n",
+                l.settled, l.approved, l.canceled, l.unsettled
+            )
+        };
         out += "| figure | ordersaga | floor | ratio |\n|---|---|---|---|\n";
         let insert = f.map(|f| &f.insert);
         out += &format!(
@@ -86,7 +88,44 @@ impl Report {
                 .map(|i| ratio(l.post_latency.p50_ms, i.latency.p50_ms) + " (p50)")
                 .unwrap_or("–".into()),
         );
-        let rtt = f.map(|f| &f.rtt);
+        if !self.api_only {
+            out += &self.settle_rows();
+        }
+        out += &format!(
+            "| service RSS, MiB (max; at the end) | {}; {} | | |\n",
+            l.rss_max_mib
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or("–".into()),
+            l.rss_end_mib
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or("–".into())
+        );
+        if !l.cpu.is_empty() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            out += &format!(
+                "| CPU while the load ran, % of one core (of {}) | {} | | |\n",
+                cores * 100,
+                l.cpu
+                    .iter()
+                    .map(|s| format!("{} {:.0}", s.program, s.percent_of_core))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !l.error_samples.is_empty() {
+            out += "\nerrors seen:\n";
+            for e in &l.error_samples {
+                out += &format!("- {e}\n");
+            }
+        }
+        out
+    }
+
+    /// The settle time beside floor (b), its stages and the settled rate.
+    fn settle_rows(&self) -> String {
+        let l = &self.load;
+        let rtt = self.floors.as_ref().and_then(|f| f.rtt.as_ref());
+        let mut out = String::new();
         out += &format!(
             "| settle p50 / p90 / p99 / max, ms | {} | {} | {} |\n",
             ms(&l.settle_latency),
@@ -129,33 +168,6 @@ impl Report {
                 .map(|w| w.to_string())
                 .unwrap_or("–".into())
         );
-        out += &format!(
-            "| service RSS, MiB (max; at the end) | {}; {} | | |\n",
-            l.rss_max_mib
-                .map(|m| format!("{m:.1}"))
-                .unwrap_or("–".into()),
-            l.rss_end_mib
-                .map(|m| format!("{m:.1}"))
-                .unwrap_or("–".into())
-        );
-        if !l.cpu.is_empty() {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            out += &format!(
-                "| CPU while the load ran, % of one core (of {}) | {} | | |\n",
-                cores * 100,
-                l.cpu
-                    .iter()
-                    .map(|s| format!("{} {:.0}", s.program, s.percent_of_core))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        if !l.error_samples.is_empty() {
-            out += "\nerrors seen:\n";
-            for e in &l.error_samples {
-                out += &format!("- {e}\n");
-            }
-        }
         out
     }
 }
