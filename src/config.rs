@@ -96,6 +96,11 @@ pub struct DbArgs {
     /// Most saga decisions in one transaction.
     #[arg(long, env = "DATABASE_SAGA_BATCH_MAX", default_value_t = PgSettings::DEFAULT_SAGA_BATCH_MAX as u32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_saga_batch_max: u32,
+    /// New orders inserted at once before they queue; past that, each of
+    /// these writers inserts every order waiting in one statement (group
+    /// commit). Orders with an Idempotency-Key are always inserted alone.
+    #[arg(long, env = "DATABASE_ORDER_WRITERS", default_value_t = PgSettings::DEFAULT_ORDER_WRITERS as u32, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub database_order_writers: u32,
     /// Apply pending migrations at start.
     #[arg(long, env = "DATABASE_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub database_migrate_on_start: bool,
@@ -484,6 +489,7 @@ impl DbArgs {
             acquire_timeout: ms(self.database_acquire_timeout_ms),
             saga_writers: self.database_saga_writers as usize,
             saga_batch_max: self.database_saga_batch_max as usize,
+            order_writers: self.database_order_writers as usize,
         }
     }
 }

@@ -21,6 +21,7 @@ pub const OUTBOX_BACKLOG: &str = "ordersaga_outbox_backlog";
 pub const OUTBOX_RELAYED: &str = "ordersaga_outbox_relayed_total";
 pub const DEAD_LETTERS: &str = "ordersaga_dead_letters_total";
 pub const SAGA_BATCH_SIZE: &str = "ordersaga_saga_batch_size";
+pub const ORDER_BATCH_SIZE: &str = "ordersaga_order_batch_size";
 
 /// Histogram buckets for every `*_seconds` metric: 1 ms to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -41,6 +42,8 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .expect("the bucket list is not empty")
                 .set_buckets_for_metric(Matcher::Full(SAGA_BATCH_SIZE.into()), BATCH_BUCKETS)
+                .expect("the bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Full(ORDER_BATCH_SIZE.into()), BATCH_BUCKETS)
                 .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -117,6 +120,10 @@ fn describe() {
     describe_histogram!(
         SAGA_BATCH_SIZE,
         "Saga decisions written per PostgreSQL transaction (group commit)"
+    );
+    describe_histogram!(
+        ORDER_BATCH_SIZE,
+        "New orders inserted per PostgreSQL statement (group commit; orders without an idempotency key)"
     );
     describe_counter!(
         DEAD_LETTERS,

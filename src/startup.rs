@@ -110,6 +110,7 @@ impl Default for Settings {
                 acquire_timeout: Duration::from_secs(5),
                 saga_writers: PgSettings::DEFAULT_SAGA_WRITERS,
                 saga_batch_max: PgSettings::DEFAULT_SAGA_BATCH_MAX,
+                order_writers: PgSettings::DEFAULT_ORDER_WRITERS,
             },
             migrate_on_start: true,
             kafka: KafkaSettings {

@@ -23,8 +23,12 @@ fn form(value: &str, user: &str) -> NewOrder {
 }
 
 fn service(db: &TestDb) -> OrderService {
+    service_on(&db.store)
+}
+
+fn service_on(store: &PgStore) -> OrderService {
     OrderService::new(
-        Arc::new(db.store.clone()),
+        Arc::new(store.clone()),
         Arc::new(fakes::Log::default()),
         chrono::Duration::hours(1),
     )
@@ -636,19 +640,11 @@ fn handing_store(db: &TestDb, lease: Duration) -> PgStore {
     PgStore::from_pool(db.pool().clone()).with_hand_off(lease)
 }
 
-fn handing_service(store: &PgStore) -> OrderService {
-    OrderService::new(
-        Arc::new(store.clone()),
-        Arc::new(fakes::Log::default()),
-        chrono::Duration::hours(1),
-    )
-}
-
 #[tokio::test]
 async fn handed_off_messages_go_out_once_from_this_process_and_their_rows_are_deleted() {
     let db = TestDb::new().await;
     let here = handing_store(&db, Duration::from_secs(60));
-    let placed: Vec<String> = place_orders(&handing_service(&here), 3)
+    let placed: Vec<String> = place_orders(&service_on(&here), 3)
         .await
         .iter()
         .map(|o| o.id.to_string())
@@ -720,7 +716,7 @@ async fn a_handed_off_message_is_sent_by_any_relay_once_its_lease_ends() {
     let db = TestDb::new().await;
     // This process commits an order, then dies before its relay sends it.
     let gone = handing_store(&db, Duration::from_millis(300));
-    handing_service(&gone)
+    service_on(&gone)
         .place(form("1", "u"), "c", None)
         .await
         .unwrap();
@@ -743,7 +739,7 @@ async fn a_handed_off_message_is_sent_by_any_relay_once_its_lease_ends() {
 async fn a_hand_off_the_broker_refused_is_left_to_the_table_at_once() {
     let db = TestDb::new().await;
     let here = handing_store(&db, Duration::from_secs(60));
-    place_orders(&handing_service(&here), 2).await;
+    place_orders(&service_on(&here), 2).await;
     let down = fakes::Publisher::failing();
     assert!(here.relay_messages(10, &down).await.is_err());
     assert_eq!(
@@ -768,7 +764,7 @@ async fn a_hand_off_that_waited_past_half_its_lease_is_left_to_the_table() {
     // A zero lease ends at once: every handed message is already past half of it,
     // as after a long broker outage, and any relay's scan may send its row.
     let here = handing_store(&db, Duration::ZERO);
-    place_orders(&handing_service(&here), 3).await;
+    place_orders(&service_on(&here), 3).await;
     let elsewhere = fakes::Publisher::default();
     assert_eq!(db.store.relay_messages(10, &elsewhere).await.unwrap(), 3);
     let up = fakes::Publisher::default();
@@ -778,4 +774,74 @@ async fn a_hand_off_that_waited_past_half_its_lease_is_left_to_the_table() {
         "the hand-off does not send again what the scan may have sent"
     );
     assert_eq!(count(&db, "SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_placed_while_the_inserts_are_busy_are_inserted_together_each_complete() {
+    use futures::poll;
+    let db = TestDb::new().await;
+    // One insert at a time inline, one writer behind it.
+    let store = PgStore::from_pool(db.pool().clone()).with_order_writers(1);
+    let svc = Arc::new(service_on(&store));
+    // Hold every insert at the saga_events table until all the orders are placed.
+    let mut lock = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE saga_events IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let place = |value: u32| {
+        let svc = svc.clone();
+        async move { svc.place(form(&value.to_string(), "u"), "c", None).await }
+    };
+    // The first is inserted inline, the second by the writer: both wait for the lock.
+    let first = tokio::spawn(place(1));
+    let second = tokio::spawn(place(2));
+    crate::common::eventually(
+        "two inserts waiting for the lock",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+            (waiting == 2).then_some(())
+        },
+    )
+    .await;
+    // These queue behind the busy writer.
+    let mut queued: Vec<_> = (3..=6).map(|v| Box::pin(place(v))).collect();
+    for f in &mut queued {
+        assert!(poll!(f.as_mut()).is_pending(), "queued, not inserted yet");
+    }
+    lock.rollback().await.unwrap();
+
+    let mut placed = vec![
+        first.await.unwrap().unwrap().order,
+        second.await.unwrap().unwrap().order,
+    ];
+    for f in queued {
+        placed.push(f.await.unwrap().order);
+    }
+    let ids: Vec<Uuid> = placed.iter().map(|o| o.id.0).collect();
+    let complete: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders o
+         WHERE o.id = ANY($1)
+           AND EXISTS (SELECT 1 FROM outbox m WHERE m.message_key = o.id::text)
+           AND EXISTS (SELECT 1 FROM saga_events e WHERE e.order_id = o.id)",
+    )
+    .bind(&ids)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(complete, 6, "every order with its message and its event");
+    let queued_xmins: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM orders WHERE id = ANY($1)")
+            .bind(&ids[2..])
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(queued_xmins, 1, "the queued orders share one transaction");
 }

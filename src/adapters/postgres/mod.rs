@@ -38,11 +38,14 @@ pub struct PgSettings {
     pub saga_writers: usize,
     /// Most saga decisions one transaction holds.
     pub saga_batch_max: usize,
+    /// New orders inserted at once before they queue for group commit.
+    pub order_writers: usize,
 }
 
 impl PgSettings {
     pub const DEFAULT_SAGA_WRITERS: usize = 2;
     pub const DEFAULT_SAGA_BATCH_MAX: usize = 64;
+    pub const DEFAULT_ORDER_WRITERS: usize = 2;
 }
 
 /// Wakes the relays after a commit that wrote outbox rows.
@@ -125,6 +128,8 @@ pub struct PgStore {
     wake: Wake,
     /// Saga decisions waiting for a writer (group commit, see `saga.rs`).
     sagas: Arc<saga::SagaQueue>,
+    /// New orders waiting for a writer (group commit, see `orders.rs`).
+    inserts: Arc<orders::InsertQueue>,
 }
 
 impl PgStore {
@@ -139,7 +144,9 @@ impl PgStore {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options);
-        Ok(Self::from_pool(pool).with_saga_writers(settings.saga_writers, settings.saga_batch_max))
+        Ok(Self::from_pool(pool)
+            .with_saga_writers(settings.saga_writers, settings.saga_batch_max)
+            .with_order_writers(settings.order_writers))
     }
 
     /// A store on `pool`, with the default saga writers.
@@ -151,6 +158,7 @@ impl PgStore {
                 PgSettings::DEFAULT_SAGA_WRITERS,
                 PgSettings::DEFAULT_SAGA_BATCH_MAX,
             )),
+            inserts: Arc::new(orders::InsertQueue::new(PgSettings::DEFAULT_ORDER_WRITERS)),
         }
     }
 
@@ -160,6 +168,13 @@ impl PgStore {
     /// not deleted a row by then (the process died, say), any relay sends it.
     pub fn with_hand_off(mut self, lease: Duration) -> Self {
         self.wake.hand_off = Some(Arc::new(HandOff::new(lease)));
+        self
+    }
+
+    /// The same store inserting up to `writers` new orders at once before
+    /// they queue, and then `writers` at a time in groups (`orders.rs`).
+    pub fn with_order_writers(mut self, writers: usize) -> Self {
+        self.inserts = Arc::new(orders::InsertQueue::new(writers));
         self
     }
 

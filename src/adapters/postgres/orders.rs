@@ -1,9 +1,13 @@
 //! `OrderStore` on PostgreSQL.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::application::messages::OutboundMessage;
@@ -12,7 +16,7 @@ use crate::application::ports::{
 };
 use crate::domain::{Installment, Money, NewOrder, Order, OrderId, UserId};
 
-use super::{PgStore, classify, corrupt};
+use super::{PgStore, Wake, classify, corrupt};
 
 pub(super) const ORDER_COLUMNS: &str =
     "id, user_id, value, installment, method, status, cancel_reason, created_at, updated_at";
@@ -100,6 +104,272 @@ fn insert_order<'q>(
     .bind(lease)
 }
 
+/// Inserts a batch of new orders, each with its message and first event, in
+/// one statement (its own transaction): see `InsertQueue`.
+const INSERT_BATCH_SQL: &str = "WITH new_orders AS (
+         INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
+         SELECT id, user_id, value, installment, method, status, NULL, correlation_id, created_at, updated_at
+         FROM UNNEST($1::uuid[], $2::text[], $3::numeric[], $4::int[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
+              AS o (id, user_id, value, installment, method, status, correlation_id, created_at, updated_at)
+     ), messages AS (
+         INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at, handed_until)
+         SELECT *, now() + $17::interval
+         FROM UNNEST($10::uuid[], $11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[], $16::timestamptz[])
+     )
+     INSERT INTO saga_events (event_id, order_id, event_type, payload, occurred_at)
+     SELECT * FROM UNNEST($18::uuid[], $19::uuid[], $20::text[], $21::jsonb[], $22::timestamptz[])";
+
+/// Most new orders in one statement.
+const ORDER_BATCH_MAX: usize = 64;
+
+/// A new order waiting to be inserted, and where its outcome goes.
+pub(super) struct Insert {
+    order: Order,
+    correlation_id: String,
+    message: OutboundMessage,
+    event: NewEvent,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Group commit for new orders without an idempotency key. While fewer than
+/// `writers` inserts are running, `place` inserts its order itself (no hand-over
+/// to another task, so a lightly loaded API waits for nothing); beyond that it
+/// queues the order, and the writer tasks each take every order waiting (up to
+/// `batch_max`) and insert them in one statement: under load one commit
+/// stands for several orders.
+pub(super) struct InsertQueue {
+    /// Insert statements running, inline or in a writer.
+    running: Arc<AtomicUsize>,
+    jobs: mpsc::UnboundedSender<Insert>,
+    idle: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Insert>>>,
+    writers: usize,
+    batch_max: usize,
+}
+
+impl InsertQueue {
+    pub(super) fn new(writers: usize) -> Self {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        Self {
+            running: Arc::default(),
+            jobs,
+            idle: std::sync::Mutex::new(Some(rx)),
+            writers: writers.max(1),
+            batch_max: ORDER_BATCH_MAX,
+        }
+    }
+
+    /// Takes a slot to insert inline, if fewer than `writers` inserts are running.
+    fn inline_slot(&self) -> Option<RunningGuard> {
+        let taken = self
+            .running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.writers).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| RunningGuard(self.running.clone()))
+    }
+
+    fn submit(&self, pool: &PgPool, wake: &Wake, job: Insert) {
+        if let Some(rx) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..self.writers {
+                let pool = pool.clone();
+                let wake = wake.clone();
+                let batch_max = self.batch_max;
+                let running = self.running.clone();
+                tokio::spawn(insert_loop(pool, wake, batch_max, running, rx.clone()));
+            }
+        }
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+            let _ = job.done.send(Err(StoreError::Other(anyhow::anyhow!(
+                "the order writers have stopped"
+            ))));
+        }
+    }
+}
+
+/// Counts a running insert until dropped.
+struct RunningGuard(Arc<AtomicUsize>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn insert_loop(
+    pool: PgPool,
+    wake: Wake,
+    batch_max: usize,
+    running: Arc<AtomicUsize>,
+    jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Insert>>>,
+) {
+    loop {
+        let batch = {
+            let mut rx = jobs.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        running.fetch_add(1, Ordering::SeqCst);
+        let _running = RunningGuard(running.clone());
+        metrics::histogram!(crate::metrics::ORDER_BATCH_SIZE).record(batch.len() as f64);
+        let lease = wake.lease();
+        let outcome = if batch.len() == 1 {
+            let j = &batch[0];
+            insert_order(&j.order, &j.correlation_id, &j.message, &j.event, lease)
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        } else {
+            insert_batch(&pool, &batch, lease).await
+        };
+        match outcome {
+            Ok(()) => {
+                let messages = batch.iter().map(|j| j.message.clone()).collect();
+                wake.committed(messages, true);
+                for j in batch {
+                    let _ = j.done.send(Ok(()));
+                }
+            }
+            Err(e) => match classify(e) {
+                e if batch.len() == 1 => {
+                    let _ = batch.into_iter().next().map(|j| j.done.send(Err(e)));
+                }
+                StoreError::Unavailable(detail) => {
+                    for j in batch {
+                        let _ = j.done.send(Err(StoreError::Unavailable(detail.clone())));
+                    }
+                }
+                e => {
+                    // One order's failure must not fail the others: one by one.
+                    tracing::debug!(error = %e, orders = batch.len(), "order batch failed; inserting its orders one by one");
+                    for j in batch {
+                        let one =
+                            insert_order(&j.order, &j.correlation_id, &j.message, &j.event, lease)
+                                .execute(&pool)
+                                .await
+                                .map_err(classify);
+                        if one.is_ok() {
+                            wake.committed(vec![j.message.clone()], true);
+                        }
+                        let _ = j.done.send(one.map(|_| ()));
+                    }
+                }
+            },
+        }
+    }
+}
+
+async fn insert_batch(
+    pool: &PgPool,
+    batch: &[Insert],
+    lease: Option<std::time::Duration>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(INSERT_BATCH_SQL)
+        .bind(batch.iter().map(|j| j.order.id.0).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.order.user_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.order.value.amount())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.order.installment.get() as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.order.method.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.order.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.correlation_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|j| j.order.created_at).collect::<Vec<_>>())
+        .bind(batch.iter().map(|j| j.order.updated_at).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.message.message_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.message.topic.name())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.message.key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.message.message_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.message.correlation_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.message.payload.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|j| j.message.time).collect::<Vec<_>>())
+        .bind(lease)
+        .bind(batch.iter().map(|j| j.event.event_id).collect::<Vec<_>>())
+        .bind(batch.iter().map(|j| j.event.order_id.0).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.event.kind.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.event.payload.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|j| j.event.at).collect::<Vec<_>>())
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
 impl PgStore {
     /// Claims the idempotency key for `order_id` (taking over an expired claim).
     /// Returns the earlier use of the key when it is taken.
@@ -152,9 +422,31 @@ impl OrderStore for PgStore {
     ) -> Result<PlaceOutcome, StoreError> {
         let insert = insert_order(order, correlation_id, message, event, self.wake.lease());
         match idempotency {
-            // One statement, its own transaction: one round trip to the server.
+            // Inserted here while few inserts run (one statement, its own
+            // transaction); otherwise queued for a writer, which inserts it
+            // with the other orders waiting (one statement, one commit).
             None => {
-                insert.execute(&self.pool).await.map_err(classify)?;
+                if let Some(_slot) = self.inserts.inline_slot() {
+                    insert.execute(&self.pool).await.map_err(classify)?;
+                    self.wake.committed(vec![message.clone()], true);
+                    return Ok(PlaceOutcome::Created(order.clone()));
+                }
+                let (done, outcome) = oneshot::channel();
+                let job = Insert {
+                    order: order.clone(),
+                    correlation_id: correlation_id.to_owned(),
+                    message: message.clone(),
+                    event: event.clone(),
+                    done,
+                };
+                self.inserts.submit(&self.pool, &self.wake, job);
+                outcome.await.unwrap_or_else(|_| {
+                    Err(StoreError::Other(anyhow::anyhow!(
+                        "the order writer stopped before inserting order {}",
+                        order.id
+                    )))
+                })?;
+                return Ok(PlaceOutcome::Created(order.clone()));
             }
             Some(claim) => {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
