@@ -323,6 +323,11 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// One column of a batch, for a statement that reads its rows with `UNNEST`.
+fn column<'a, J, T>(batch: &'a [J], field: impl Fn(&'a J) -> T) -> Vec<T> {
+    batch.iter().map(field).collect()
+}
+
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Other(anyhow::anyhow!(
         "unreadable {what} in the database: {detail}"

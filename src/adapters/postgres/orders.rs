@@ -16,7 +16,7 @@ use crate::application::ports::{
 };
 use crate::domain::{Installment, Money, NewOrder, Order, OrderId, UserId};
 
-use super::{PgStore, Wake, classify, corrupt};
+use super::{PgStore, Wake, classify, column, corrupt};
 
 pub(super) const ORDER_COLUMNS: &str =
     "id, user_id, value, installment, method, status, cancel_reason, created_at, updated_at";
@@ -273,98 +273,28 @@ async fn insert_batch(
     lease: Option<std::time::Duration>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(INSERT_BATCH_SQL)
-        .bind(batch.iter().map(|j| j.order.id.0).collect::<Vec<_>>())
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.order.user_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.order.value.amount())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.order.installment.get() as i32)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.order.method.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.order.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.correlation_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(batch.iter().map(|j| j.order.created_at).collect::<Vec<_>>())
-        .bind(batch.iter().map(|j| j.order.updated_at).collect::<Vec<_>>())
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.message.message_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.message.topic.name())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.message.key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.message.message_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.message.correlation_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.message.payload.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(batch.iter().map(|j| j.message.time).collect::<Vec<_>>())
+        .bind(column(batch, |j| j.order.id.0))
+        .bind(column(batch, |j| j.order.user_id.as_str()))
+        .bind(column(batch, |j| j.order.value.amount()))
+        .bind(column(batch, |j| j.order.installment.get() as i32))
+        .bind(column(batch, |j| j.order.method.as_str()))
+        .bind(column(batch, |j| j.order.status.as_str()))
+        .bind(column(batch, |j| j.correlation_id.as_str()))
+        .bind(column(batch, |j| j.order.created_at))
+        .bind(column(batch, |j| j.order.updated_at))
+        .bind(column(batch, |j| j.message.message_id))
+        .bind(column(batch, |j| j.message.topic.name()))
+        .bind(column(batch, |j| j.message.key.as_str()))
+        .bind(column(batch, |j| j.message.message_type.as_str()))
+        .bind(column(batch, |j| j.message.correlation_id.as_str()))
+        .bind(column(batch, |j| j.message.payload.clone()))
+        .bind(column(batch, |j| j.message.time))
         .bind(lease)
-        .bind(batch.iter().map(|j| j.event.event_id).collect::<Vec<_>>())
-        .bind(batch.iter().map(|j| j.event.order_id.0).collect::<Vec<_>>())
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.event.kind.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|j| j.event.payload.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(batch.iter().map(|j| j.event.at).collect::<Vec<_>>())
+        .bind(column(batch, |j| j.event.event_id))
+        .bind(column(batch, |j| j.event.order_id.0))
+        .bind(column(batch, |j| j.event.kind.as_str()))
+        .bind(column(batch, |j| j.event.payload.clone()))
+        .bind(column(batch, |j| j.event.at))
         .execute(pool)
         .await
         .map(|_| ())

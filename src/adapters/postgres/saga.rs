@@ -24,7 +24,7 @@ use crate::application::ports::{
 use crate::domain::{Order, OrderId, Saga};
 
 use super::orders::{ORDER_COLUMNS, OrderRow};
-use super::{PgStore, Wake, classify, corrupt};
+use super::{PgStore, Wake, classify, column, corrupt};
 
 #[derive(sqlx::FromRow)]
 struct LockedOrder {
@@ -341,55 +341,27 @@ async fn write(
     let messages: Vec<_> = writes.iter().flat_map(|(_, w)| &w.outbox).collect();
     let events: Vec<_> = writes.iter().flat_map(|(_, w)| &w.events).collect();
     sqlx::query_scalar(WRITE_SQL)
-        .bind(writes.iter().map(|(id, _)| id.0).collect::<Vec<_>>())
+        .bind(column(writes, |(id, _)| id.0))
         .bind(states)
-        .bind(
-            writes
-                .iter()
-                .map(|(_, w)| w.saga.next_deadline())
-                .collect::<Vec<_>>(),
-        )
-        .bind(settles.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-        .bind(
-            settles
-                .iter()
-                .map(|(_, s)| s.status().as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            settles
-                .iter()
-                .map(|(_, s)| s.cancel_reason().map(|r| r.as_str()))
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(writes, |(_, w)| w.saga.next_deadline()))
+        .bind(column(&settles, |(id, _)| *id))
+        .bind(column(&settles, |(_, s)| s.status().as_str()))
+        .bind(column(&settles, |(_, s)| {
+            s.cancel_reason().map(|r| r.as_str())
+        }))
         .bind(Utc::now())
-        .bind(messages.iter().map(|m| m.message_id).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.topic.name()).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.key.as_str()).collect::<Vec<_>>())
-        .bind(
-            messages
-                .iter()
-                .map(|m| m.message_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            messages
-                .iter()
-                .map(|m| m.correlation_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            messages
-                .iter()
-                .map(|m| m.payload.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(messages.iter().map(|m| m.time).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.order_id.0).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(column(&messages, |m| m.message_id))
+        .bind(column(&messages, |m| m.topic.name()))
+        .bind(column(&messages, |m| m.key.as_str()))
+        .bind(column(&messages, |m| m.message_type.as_str()))
+        .bind(column(&messages, |m| m.correlation_id.as_str()))
+        .bind(column(&messages, |m| m.payload.clone()))
+        .bind(column(&messages, |m| m.time))
+        .bind(column(&events, |e| e.event_id))
+        .bind(column(&events, |e| e.order_id.0))
+        .bind(column(&events, |e| e.kind.as_str()))
+        .bind(column(&events, |e| e.payload.clone()))
+        .bind(column(&events, |e| e.at))
         .bind(lease)
         .fetch_one(tx)
         .await
