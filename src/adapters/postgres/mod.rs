@@ -1,5 +1,6 @@
 //! PostgreSQL: orders, sagas, the outboxes and idempotency keys.
 
+mod group;
 mod orders;
 mod outbox;
 mod saga;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::application::messages::OutboundMessage;
@@ -16,6 +16,7 @@ use crate::application::ports::{
 };
 use crate::domain::{Installment, Money, NewOrder, Order, OrderId, UserId};
 
+use super::group::{GroupQueue, Jobs, next_batch};
 use super::{PgStore, Wake, classify, column, corrupt};
 
 pub(super) const ORDER_COLUMNS: &str =
@@ -135,26 +136,21 @@ pub(super) struct Insert {
 /// `writers` inserts are running, `place` inserts its order itself (no hand-over
 /// to another task, so a lightly loaded API waits for nothing); beyond that it
 /// queues the order, and the writer tasks each take every order waiting (up to
-/// `batch_max`) and insert them in one statement: under load one commit
+/// `ORDER_BATCH_MAX`) and insert them in one statement: under load one commit
 /// stands for several orders.
 pub(super) struct InsertQueue {
     /// Insert statements running, inline or in a writer.
     running: Arc<AtomicUsize>,
-    jobs: mpsc::UnboundedSender<Insert>,
-    idle: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Insert>>>,
+    queue: GroupQueue<Insert>,
     writers: usize,
-    batch_max: usize,
 }
 
 impl InsertQueue {
     pub(super) fn new(writers: usize) -> Self {
-        let (jobs, rx) = mpsc::unbounded_channel();
         Self {
             running: Arc::default(),
-            jobs,
-            idle: std::sync::Mutex::new(Some(rx)),
+            queue: GroupQueue::new(),
             writers: writers.max(1),
-            batch_max: ORDER_BATCH_MAX,
         }
     }
 
@@ -170,17 +166,13 @@ impl InsertQueue {
     }
 
     fn submit(&self, pool: &PgPool, wake: &Wake, job: Insert) {
-        if let Some(rx) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let start = |jobs: Jobs<Insert>| {
             for _ in 0..self.writers {
-                let pool = pool.clone();
-                let wake = wake.clone();
-                let batch_max = self.batch_max;
-                let running = self.running.clone();
-                tokio::spawn(insert_loop(pool, wake, batch_max, running, rx.clone()));
+                let (pool, wake, running) = (pool.clone(), wake.clone(), self.running.clone());
+                tokio::spawn(insert_loop(pool, wake, running, jobs.clone()));
             }
-        }
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+        };
+        if let Err(job) = self.queue.submit(job, start) {
             let _ = job.done.send(Err(StoreError::Other(anyhow::anyhow!(
                 "the order writers have stopped"
             ))));
@@ -197,26 +189,8 @@ impl Drop for RunningGuard {
     }
 }
 
-async fn insert_loop(
-    pool: PgPool,
-    wake: Wake,
-    batch_max: usize,
-    running: Arc<AtomicUsize>,
-    jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Insert>>>,
-) {
-    loop {
-        let batch = {
-            let mut rx = jobs.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < batch_max {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
+async fn insert_loop(pool: PgPool, wake: Wake, running: Arc<AtomicUsize>, jobs: Jobs<Insert>) {
+    while let Some(batch) = next_batch(&jobs, ORDER_BATCH_MAX).await {
         running.fetch_add(1, Ordering::SeqCst);
         let _running = RunningGuard(running.clone());
         metrics::histogram!(crate::metrics::ORDER_BATCH_SIZE).record(batch.len() as f64);
@@ -232,10 +206,11 @@ async fn insert_loop(
         };
         match outcome {
             Ok(()) => {
-                let messages = batch.iter().map(|j| j.message.clone()).collect();
+                let (messages, done): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|j| (j.message, j.done)).unzip();
                 wake.committed(messages, true);
-                for j in batch {
-                    let _ = j.done.send(Ok(()));
+                for done in done {
+                    let _ = done.send(Ok(()));
                 }
             }
             Err(e) => match classify(e) {

@@ -10,12 +10,12 @@
 //! retried one by one, so one bad decision cannot fail the others.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::application::ports::{
@@ -23,6 +23,7 @@ use crate::application::ports::{
 };
 use crate::domain::{Order, OrderId, Saga};
 
+use super::group::{GroupQueue, Jobs, next_batch};
 use super::orders::{ORDER_COLUMNS, OrderRow};
 use super::{PgStore, Wake, classify, column, corrupt};
 
@@ -87,36 +88,32 @@ struct Job {
 /// The decisions waiting for a writer. The writers start with the first
 /// decision (inside the runtime) and stop when the last `PgStore` clone goes.
 pub(super) struct SagaQueue {
-    jobs: mpsc::UnboundedSender<Job>,
-    idle: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
+    queue: GroupQueue<Job>,
     writers: usize,
     batch_max: usize,
 }
 
 impl SagaQueue {
     pub(super) fn new(writers: usize, batch_max: usize) -> Self {
-        let (jobs, rx) = mpsc::unbounded_channel();
         Self {
-            jobs,
-            idle: std::sync::Mutex::new(Some(rx)),
+            queue: GroupQueue::new(),
             writers: writers.max(1),
             batch_max: batch_max.max(1),
         }
     }
 
     fn submit(&self, pool: &PgPool, wake: &Wake, job: Job) {
-        if let Some(rx) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let start = |jobs: Jobs<Job>| {
             for _ in 0..self.writers {
                 let writer = Writer {
                     pool: pool.clone(),
                     wake: wake.clone(),
                     batch_max: self.batch_max,
                 };
-                tokio::spawn(writer.run(rx.clone()));
+                tokio::spawn(writer.run(jobs.clone()));
             }
-        }
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+        };
+        if let Err(job) = self.queue.submit(job, start) {
             let _ = job.done.send(Err(StoreError::Other(anyhow::anyhow!(
                 "the saga writers have stopped"
             ))));
@@ -131,20 +128,8 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>) {
-        loop {
-            let mut batch = {
-                let mut rx = jobs.lock().await;
-                let Some(first) = rx.recv().await else { return };
-                let mut batch = vec![first];
-                while batch.len() < self.batch_max {
-                    match rx.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-                batch
-            };
+    async fn run(self, jobs: Jobs<Job>) {
+        while let Some(mut batch) = next_batch(&jobs, self.batch_max).await {
             // One decision per order and transaction: a second one about the
             // same order goes in the next round, and sees what the first wrote.
             while !batch.is_empty() {

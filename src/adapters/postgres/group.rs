@@ -1,0 +1,53 @@
+//! The queue behind group commit: callers queue jobs, and a few writer tasks
+//! each take every job waiting (up to a bound) and write them together. Saga
+//! decisions (`saga.rs`) and new orders (`orders.rs`) are written this way.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+/// The receiving end, shared by the writers.
+pub(super) type Jobs<J> = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<J>>>;
+
+/// Jobs waiting for a writer. The writers start with the first job (inside
+/// the runtime) and stop when the queue is dropped.
+pub(super) struct GroupQueue<J> {
+    jobs: mpsc::UnboundedSender<J>,
+    idle: Mutex<Option<mpsc::UnboundedReceiver<J>>>,
+}
+
+impl<J> GroupQueue<J> {
+    pub(super) fn new() -> Self {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        Self {
+            jobs,
+            idle: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Queues `job`; the first call hands the receiving end to `start`, which
+    /// spawns the writers. Gives the job back if the writers have stopped.
+    pub(super) fn submit(&self, job: J, start: impl FnOnce(Jobs<J>)) -> Result<(), J> {
+        if let Some(rx) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            start(Arc::new(tokio::sync::Mutex::new(rx)));
+        }
+        self.jobs
+            .send(job)
+            .map_err(|mpsc::error::SendError(job)| job)
+    }
+}
+
+/// Waits for a job, then takes every other one already waiting, up to `max`
+/// in all; `None` once the queue is gone.
+pub(super) async fn next_batch<J>(jobs: &Jobs<J>, max: usize) -> Option<Vec<J>> {
+    let mut rx = jobs.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
