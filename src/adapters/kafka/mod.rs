@@ -35,6 +35,9 @@ pub struct KafkaSettings {
     pub fetch_wait_max: Duration,
     /// `linger.ms`: how long the producer waits to batch.
     pub linger: Duration,
+    /// `max.in.flight.requests.per.connection` of the producer: with 1, what
+    /// arrives while a produce request is out goes in the next one.
+    pub max_in_flight: u32,
     /// `message.timeout.ms`: how long a produce may take before it fails.
     pub message_timeout: Duration,
     /// `enable.idempotence` on the producer (see docs/stand-ins.md for when to turn it off).

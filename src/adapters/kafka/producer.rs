@@ -34,6 +34,10 @@ impl KafkaPublisher {
             .set("acks", "all")
             .set("linger.ms", settings.linger.as_millis().to_string())
             .set(
+                "max.in.flight.requests.per.connection",
+                settings.max_in_flight.to_string(),
+            )
+            .set(
                 "message.timeout.ms",
                 settings.message_timeout.as_millis().to_string(),
             )
