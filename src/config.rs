@@ -814,49 +814,25 @@ mod tests {
             err.contains("--balance-limit") && err.contains("must be greater than 0"),
             "{err}"
         );
-        let cli =
-            Cli::try_parse_from(["ordersaga", "all", "--kafka-heartbeat-interval-ms", "20000"])
-                .unwrap();
-        assert!(
-            cli.command
+        // What `ordersaga all` with these arguments says of its configuration.
+        let plan = |args: &[&str]| {
+            let argv = ["ordersaga", "all"].iter().chain(args).copied();
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .command
                 .plan()
-                .unwrap_err()
+                .map(|_| ())
+        };
+        let refusal = |args: &[&str]| plan(args).unwrap_err();
+        assert!(
+            refusal(&["--kafka-heartbeat-interval-ms", "20000"])
                 .contains("KAFKA_HEARTBEAT_INTERVAL_MS")
         );
         // Idempotence named: the local stack's environment turns it off.
-        let cli = Cli::try_parse_from([
-            "ordersaga",
-            "all",
-            "--kafka-max-in-flight",
-            "6",
-            "--kafka-idempotence",
-            "true",
-        ])
-        .unwrap();
-        assert!(
-            cli.command
-                .plan()
-                .unwrap_err()
-                .contains("KAFKA_MAX_IN_FLIGHT")
-        );
-        let cli = Cli::try_parse_from([
-            "ordersaga",
-            "all",
-            "--kafka-max-in-flight",
-            "6",
-            "--kafka-idempotence",
-            "false",
-        ])
-        .unwrap();
-        assert!(cli.command.plan().is_ok());
-        let cli =
-            Cli::try_parse_from(["ordersaga", "all", "--kafka-extra-config", "nonsense"]).unwrap();
-        assert!(
-            cli.command
-                .plan()
-                .unwrap_err()
-                .contains("KAFKA_EXTRA_CONFIG")
-        );
+        let in_flight = ["--kafka-max-in-flight", "6", "--kafka-idempotence"];
+        assert!(refusal(&[&in_flight[..], &["true"]].concat()).contains("KAFKA_MAX_IN_FLIGHT"));
+        assert!(plan(&[&in_flight[..], &["false"]].concat()).is_ok());
+        assert!(refusal(&["--kafka-extra-config", "nonsense"]).contains("KAFKA_EXTRA_CONFIG"));
     }
 
     #[test]
