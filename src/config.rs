@@ -146,7 +146,7 @@ pub struct KafkaArgs {
     /// outstanding per broker. With 1, messages that arrive while a request is out
     /// go together in the next one (batches grow with the load, with no linger).
     /// At most 5 with KAFKA_IDEMPOTENCE=true.
-    #[arg(long, env = "KAFKA_MAX_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "KAFKA_MAX_IN_FLIGHT", default_value_t = KafkaSettings::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub kafka_max_in_flight: u32,
     /// message.timeout.ms: how long a produce may take before it fails and is retried from the outbox.
     #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 10000)]
@@ -519,9 +519,10 @@ impl KafkaArgs {
                 "KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS".into(),
             );
         }
-        if self.kafka_idempotence && self.kafka_max_in_flight > 5 {
+        let most = KafkaSettings::IDEMPOTENT_MAX_IN_FLIGHT;
+        if self.kafka_idempotence && self.kafka_max_in_flight > most {
             return Err(format!(
-                "KAFKA_MAX_IN_FLIGHT is {}, but an idempotent producer (KAFKA_IDEMPOTENCE=true) allows at most 5",
+                "KAFKA_MAX_IN_FLIGHT is {}, but an idempotent producer (KAFKA_IDEMPOTENCE=true) allows at most {most}",
                 self.kafka_max_in_flight
             ));
         }

@@ -123,7 +123,7 @@ impl Default for Settings {
                 heartbeat_interval: Duration::from_secs(1),
                 fetch_wait_max: Duration::from_millis(10),
                 linger: Duration::ZERO,
-                max_in_flight: 1,
+                max_in_flight: KafkaSettings::DEFAULT_MAX_IN_FLIGHT,
                 message_timeout: Duration::from_secs(10),
                 idempotence: true,
                 leave_group_on_shutdown: true,

@@ -151,7 +151,7 @@ pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
         heartbeat_interval: Duration::from_millis(500),
         fetch_wait_max: Duration::from_millis(10),
         linger: Duration::ZERO,
-        max_in_flight: 1,
+        max_in_flight: KafkaSettings::DEFAULT_MAX_IN_FLIGHT,
         message_timeout: Duration::from_secs(10),
         // The stand-in broker forgets producer ids when it restarts and strands a
         // group whose leader leaves mid-rebalance (docs/stand-ins.md).

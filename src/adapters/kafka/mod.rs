@@ -54,6 +54,11 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// One produce request out at a time (see `max_in_flight`).
+    pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1;
+    /// The most requests in flight librdkafka allows an idempotent producer.
+    pub const IDEMPOTENT_MAX_IN_FLIGHT: u32 = 5;
+
     pub fn topic(&self, topic: Topic) -> String {
         format!("{}{}", self.topic_prefix, topic.name())
     }
