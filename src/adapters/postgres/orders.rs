@@ -232,7 +232,7 @@ async fn insert_loop(pool: PgPool, wake: Wake, running: Arc<AtomicUsize>, jobs: 
                                 .await
                                 .map_err(classify);
                         if one.is_ok() {
-                            wake.committed(vec![j.message.clone()], true);
+                            wake.committed(vec![j.message], true);
                         }
                         let _ = j.done.send(one.map(|_| ()));
                     }
@@ -276,6 +276,31 @@ async fn insert_batch(
 }
 
 impl PgStore {
+    /// Queues a new order for the order writers and waits until it is inserted.
+    async fn queue_insert(
+        &self,
+        order: &Order,
+        correlation_id: &str,
+        message: &OutboundMessage,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let (done, outcome) = oneshot::channel();
+        let job = Insert {
+            order: order.clone(),
+            correlation_id: correlation_id.to_owned(),
+            message: message.clone(),
+            event: event.clone(),
+            done,
+        };
+        self.inserts.submit(&self.pool, &self.wake, job);
+        outcome.await.unwrap_or_else(|_| {
+            Err(StoreError::Other(anyhow::anyhow!(
+                "the order writer stopped before inserting order {}",
+                order.id
+            )))
+        })
+    }
+
     /// Claims the idempotency key for `order_id` (taking over an expired claim).
     /// Returns the earlier use of the key when it is taken.
     async fn claim_key(
@@ -325,33 +350,20 @@ impl OrderStore for PgStore {
         message: &OutboundMessage,
         event: &NewEvent,
     ) -> Result<PlaceOutcome, StoreError> {
-        let insert = insert_order(order, correlation_id, message, event, self.wake.lease());
+        let insert = || insert_order(order, correlation_id, message, event, self.wake.lease());
         match idempotency {
             // Inserted here while few inserts run (one statement, its own
             // transaction); otherwise queued for a writer, which inserts it
             // with the other orders waiting (one statement, one commit).
             None => {
                 if let Some(_slot) = self.inserts.inline_slot() {
-                    insert.execute(&self.pool).await.map_err(classify)?;
-                    self.wake.committed(vec![message.clone()], true);
+                    insert().execute(&self.pool).await.map_err(classify)?;
+                } else {
+                    self.queue_insert(order, correlation_id, message, event)
+                        .await?;
+                    // The writer has handed the message to the relay.
                     return Ok(PlaceOutcome::Created(order.clone()));
                 }
-                let (done, outcome) = oneshot::channel();
-                let job = Insert {
-                    order: order.clone(),
-                    correlation_id: correlation_id.to_owned(),
-                    message: message.clone(),
-                    event: event.clone(),
-                    done,
-                };
-                self.inserts.submit(&self.pool, &self.wake, job);
-                outcome.await.unwrap_or_else(|_| {
-                    Err(StoreError::Other(anyhow::anyhow!(
-                        "the order writer stopped before inserting order {}",
-                        order.id
-                    )))
-                })?;
-                return Ok(PlaceOutcome::Created(order.clone()));
             }
             Some(claim) => {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
@@ -368,7 +380,7 @@ impl OrderStore for PgStore {
                         .ok_or_else(|| corrupt("idempotency key", "order missing"))?;
                     return Ok(PlaceOutcome::Replayed(existing));
                 }
-                insert.execute(&mut *tx).await.map_err(classify)?;
+                insert().execute(&mut *tx).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
             }
         }
