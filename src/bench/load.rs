@@ -374,30 +374,32 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
     let load_secs = started.elapsed().as_secs_f64();
     let cpu = cpu::Snapshot::take().since(&cpu_before, args.pid);
 
-    // Wait for every accepted order to settle (or the timeout).
+    // Wait for every accepted order to settle (or the timeout), then read
+    // when each did. The API alone settles nothing: no settle figures.
     let accepted = counters.accepted.load(Ordering::Relaxed);
-    let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout_secs);
-    while !args.api_only
-        && (settled_count(pool, &users).await? as u64) < accepted
-        && Instant::now() < settle_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (rows, stages) = if args.api_only {
+        (Vec::new(), Vec::new())
+    } else {
+        let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout_secs);
+        while (settled_count(pool, &users).await? as u64) < accepted
+            && Instant::now() < settle_deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let rows: Vec<(
+            String,
+            chrono::DateTime<chrono::Utc>,
+            chrono::DateTime<chrono::Utc>,
+        )> = sqlx::query_as(
+            "SELECT status, created_at, updated_at FROM orders WHERE user_id = ANY($1)",
+        )
+        .bind(&*users)
+        .fetch_all(pool)
+        .await?;
+        (rows, stages(pool, &users).await?)
+    };
     progress.abort();
 
-    // The API alone settles nothing: no settle figures to read.
-    let rows: Vec<(
-        String,
-        chrono::DateTime<chrono::Utc>,
-        chrono::DateTime<chrono::Utc>,
-    )> = if args.api_only {
-        Vec::new()
-    } else {
-        sqlx::query_as("SELECT status, created_at, updated_at FROM orders WHERE user_id = ANY($1)")
-            .bind(&*users)
-            .fetch_all(pool)
-            .await?
-    };
     let terminal: Vec<_> = rows.iter().filter(|r| r.0 != "PROCESSING").collect();
     let settle_micros: Vec<u64> = terminal
         .iter()
@@ -426,11 +428,6 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         buckets[1..whole as usize - 1].iter().min().copied()
     });
     let rss = rss.lock().unwrap().clone();
-    let stages = if args.api_only {
-        Vec::new()
-    } else {
-        stages(pool, &users).await?
-    };
     Ok(LoadResult {
         mode,
         sent: counters.sent.load(Ordering::Relaxed),
