@@ -46,7 +46,9 @@ pub struct PgSettings {
 impl PgSettings {
     pub const DEFAULT_SAGA_WRITERS: usize = 2;
     pub const DEFAULT_SAGA_BATCH_MAX: usize = 64;
-    pub const DEFAULT_ORDER_WRITERS: usize = 2;
+    /// One: on a 2-core machine a second concurrent insert cost PostgreSQL
+    /// a quarter more CPU per order and accepted no more (docs/performance.md).
+    pub const DEFAULT_ORDER_WRITERS: usize = 1;
 }
 
 /// Wakes the relays after a commit that wrote outbox rows.
