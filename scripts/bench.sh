@@ -5,9 +5,10 @@
 #
 #   BENCH_SCENARIOS  what to run, space-separated; each is "closed:<in flight>:<secs>",
 #                    "open:<orders/s>:<secs>" or "api:<in flight>:<secs>" (default below).
-#                    "api" measures the API alone: a second process, `ordersaga api` with
-#                    no relay and no admission limit, on a database of its own, whose
-#                    orders never settle (the saga in `all` never sees them)
+#                    "api" measures the API alone: `ordersaga api` with no relay and no
+#                    admission limit, on a database of its own, whose orders never settle;
+#                    `ordersaga all` is stopped meanwhile (and started again if a later
+#                    scenario needs it)
 #   BENCH_OUT        folder for the reports (default .stack/bench)
 #   BENCH_BIN        an ordersaga binary to measure instead of building this checkout
 #                    (e.g. a copy of an earlier build, for an A/B on the same stack)
@@ -50,18 +51,31 @@ wait_ready() {
 }
 
 "$BIN" migrate
-"$BIN" all >"$log" 2>&1 &
-pid=$!
+: >"$log"
+pid=
 api_pid=
 cleanup() {
-  kill "$pid" $api_pid 2>/dev/null || true
-  wait "$pid" $api_pid 2>/dev/null || true
+  kill $pid $api_pid 2>/dev/null || true
+  wait $pid $api_pid 2>/dev/null || true
   for db in "ordersaga_$run" "ordersaga_${run}_api"; do
     psql "${base%/*}/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   done
 }
 trap cleanup EXIT
-wait_ready "$PORT" "$pid" "ordersaga all" "$log"
+
+# `ordersaga all` runs only for the scenarios that measure it: idle, its consumers
+# still poll the broker (a fifth of a core of `tansu`'s), which the API alone
+# would otherwise share the machine with. A restart resumes its unsettled sagas.
+start_all() {
+  [[ -n $pid ]] && return 0
+  "$BIN" all >>"$log" 2>&1 &
+  pid=$!
+  wait_ready "$PORT" "$pid" "ordersaga all" "$log"
+}
+stop_all() {
+  [[ -z $pid ]] && return 0
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+}
 
 for s in $SCENARIOS; do
   IFS=: read -r mode n secs <<<"$s"
@@ -70,6 +84,7 @@ for s in $SCENARIOS; do
     closed) load=(--concurrency "$n") ;;
     open) load=(--rate "$n" --concurrency 8) ;;
     api)
+      stop_all
       DATABASE_URL=$API_DB "$BIN" migrate
       DATABASE_URL=$API_DB PORT=$API_PORT RELAY_EMBEDDED=false API_MAX_PROCESSING=0 \
         "$BIN" api >"$OUT/ordersaga-api.log" 2>&1 &
@@ -81,6 +96,7 @@ for s in $SCENARIOS; do
       continue ;;
     *) echo "bench: unknown scenario $s (closed:N:SECS, open:RATE:SECS or api:N:SECS)" >&2; exit 2 ;;
   esac
+  start_all
   # Every scenario measures its floors again, on the same servers, just before its load.
   "$BIN" bench --url "http://127.0.0.1:$PORT" --pid "$pid" --duration-secs "$secs" "${load[@]}" \
     --floor-secs 5 --json "$OUT/$mode-$n.json" | tee "$OUT/$mode-$n.md"
