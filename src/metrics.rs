@@ -15,6 +15,8 @@ pub const SAGA_DURATION: &str = "ordersaga_saga_duration_seconds";
 pub const STEP_DURATION: &str = "ordersaga_saga_step_duration_seconds";
 pub const MESSAGES_HANDLED: &str = "ordersaga_messages_handled_total";
 pub const MESSAGE_DURATION: &str = "ordersaga_message_handling_duration_seconds";
+pub const MESSAGE_WAIT: &str = "ordersaga_message_wait_seconds";
+pub const KAFKA_PUBLISH_DURATION: &str = "ordersaga_kafka_publish_duration_seconds";
 pub const CONSUMER_OFFSET: &str = "ordersaga_consumer_last_offset";
 pub const CONSUMER_LAG: &str = "ordersaga_consumer_lag";
 pub const OUTBOX_BACKLOG: &str = "ordersaga_outbox_backlog";
@@ -100,6 +102,16 @@ fn describe() {
         MESSAGE_DURATION,
         Unit::Seconds,
         "Time to handle one Kafka message, retries included, by component and topic"
+    );
+    describe_histogram!(
+        MESSAGE_WAIT,
+        Unit::Seconds,
+        "From a Kafka message's timestamp (when it was produced) to the start of its handling: the producer, the broker, the fetch and the consumer's queue; by component and topic"
+    );
+    describe_histogram!(
+        KAFKA_PUBLISH_DURATION,
+        Unit::Seconds,
+        "From handing a batch of messages to the Kafka producer to the broker acknowledging the last of them"
     );
     describe_gauge!(
         CONSUMER_OFFSET,

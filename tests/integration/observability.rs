@@ -92,7 +92,8 @@ async fn metrics_correlated_logs_and_the_live_view_follow_an_order() {
     assert_eq!(orders.last().unwrap()["status"], "APPROVED");
     assert!(orders.iter().all(|o| o["id"] == id.as_str()));
 
-    // Metrics: the order placed and settled, the request timed, the consumers' offsets.
+    // Metrics: the order placed and settled, the request timed, the consumers' offsets,
+    // how long its messages waited and took to publish.
     let metrics = eventually("the settlement in /metrics", SETTLE, || async {
         let text = api
             .http
@@ -114,6 +115,8 @@ async fn metrics_correlated_logs_and_the_live_view_follow_an_order() {
         "ordersaga_saga_step_duration_seconds_count{step=\"user\",outcome=\"passed\"} 1",
         "ordersaga_consumer_last_offset{component=\"orchestrator\"",
         "ordersaga_messages_handled_total{component=\"user-validator\"",
+        "ordersaga_message_wait_seconds_count{component=\"balance-validator\"",
+        "ordersaga_kafka_publish_duration_seconds_count ",
         "ordersaga_outbox_backlog{kind=\"messages\"}",
     ] {
         assert!(

@@ -242,6 +242,7 @@ async fn consume(
             return (message, None); // what is still queued is redelivered to the next owner
         }
         let msg = inbound(kafka, &message);
+        observe_wait(settings.component, &msg, message.timestamp());
         let span = message_span(settings.component, &msg);
         let started = std::time::Instant::now();
         let result = handle_with_retries(settings, handler, dead_letters, &msg, shutdown)
@@ -480,6 +481,20 @@ fn observe_handled(component: &'static str, msg: &InboundMessage, result: Handle
         .record(took.as_secs_f64());
     metrics::gauge!(crate::metrics::CONSUMER_OFFSET, "component" => component, "topic" => topic, "partition" => msg.partition.to_string())
         .set(msg.offset as f64);
+}
+
+/// Records how long a message waited between its producer and its handling,
+/// by its Kafka timestamp (clocks of different hosts may disagree a little;
+/// a timestamp in the future is not recorded).
+fn observe_wait(component: &'static str, msg: &InboundMessage, at: rdkafka::Timestamp) {
+    let Some(produced) = at.to_millis() else {
+        return;
+    };
+    let waited = chrono::Utc::now().timestamp_millis() - produced;
+    if waited >= 0 {
+        metrics::histogram!(crate::metrics::MESSAGE_WAIT, "component" => component, "topic" => msg.topic_name.clone())
+            .record(waited as f64 / 1e3);
+    }
 }
 
 /// Handles one message until it succeeds or is dead-lettered. Returns `None`

@@ -113,6 +113,7 @@ impl MessagePublisher for KafkaPublisher {
                     .headers(headers.clone());
                 self.producer.send(record, QUEUE_TIMEOUT)
             });
+        let started = std::time::Instant::now();
         // Futures enqueue in order when first polled, so a partition keeps the outbox order.
         for result in futures::future::join_all(sends).await {
             if let Err((e, _)) = result {
@@ -131,6 +132,8 @@ impl MessagePublisher for KafkaPublisher {
                 return Err(PublishError(e.to_string()));
             }
         }
+        metrics::histogram!(crate::metrics::KAFKA_PUBLISH_DURATION)
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
