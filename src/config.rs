@@ -869,6 +869,31 @@ mod tests {
         );
     }
 
+    /// `Settings::default()` fills in what a role leaves unset, so its values
+    /// must be the command line's defaults: a default changed in one place
+    /// only would make the roles disagree about it.
+    #[test]
+    fn settings_default_is_what_all_runs_with_when_told_nothing() {
+        // The environment cannot interfere (the local stack's sets some of these).
+        let cmd = Cli::command().mut_subcommand("all", |all| all.mut_args(|arg| arg.env(None)));
+        let matches = cmd.try_get_matches_from(["ordersaga", "all"]).unwrap();
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+        let (_, planned) = cli.command.plan().unwrap();
+        let (planned, default) = (
+            format!("{planned:#?}"),
+            format!("{:#?}", Settings::default()),
+        );
+        let differ: Vec<_> = planned
+            .lines()
+            .zip(default.lines())
+            .filter(|(p, d)| p != d)
+            .collect();
+        assert!(
+            differ.is_empty() && planned.lines().count() == default.lines().count(),
+            "(`all`, Settings::default()) differ: {differ:#?}"
+        );
+    }
+
     #[test]
     fn all_plans_every_role() {
         let cli = Cli::try_parse_from(["ordersaga", "all"]).unwrap();

@@ -101,6 +101,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 }
 
+/// The command line's defaults (`ordersaga all` told nothing): what a role
+/// leaves unset. `config::tests` fails if the two drift apart.
 impl Default for Settings {
     fn default() -> Self {
         Self {
