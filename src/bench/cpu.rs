@@ -24,6 +24,8 @@ pub struct Share {
     pub program: String,
     /// Percent of one core (a busy 2-core machine totals 200).
     pub percent_of_core: f64,
+    /// CPU time used, in seconds.
+    pub cpu_secs: f64,
 }
 
 impl Snapshot {
@@ -74,6 +76,7 @@ impl Snapshot {
             .map(|(program, ticks)| Share {
                 program,
                 percent_of_core: ticks as f64 / TICKS_PER_SEC / secs * 100.0,
+                cpu_secs: ticks as f64 / TICKS_PER_SEC,
             })
             .filter(|s| s.percent_of_core >= SHOWN_FROM_PERCENT)
             .collect();
@@ -140,6 +143,10 @@ mod tests {
         assert!(
             cpu_secs >= 0.2 - 1e-9,
             "counted {cpu_secs} s of the 0.2 s used: {me:?}"
+        );
+        assert!(
+            (me.cpu_secs - cpu_secs).abs() < 1e-6,
+            "{me:?} over {secs} s"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! The bench's report: ordersaga's figures beside their floors, as ratios.
 
+use super::cpu;
 use super::floors::InsertFloor;
 use super::load::LoadResult;
 use super::{BenchArgs, Summary};
@@ -34,6 +35,25 @@ fn ratio(a: f64, b: f64) -> String {
     } else {
         "–".into()
     }
+}
+
+/// What each program's CPU came to per order accepted during the load. Near
+/// saturation, the machine's cores ÷ the total is about the most orders per
+/// second it can take; below it idle polling inflates the figure, and past it
+/// the saga's work on accepted orders goes on after the load (docs/performance.md).
+fn cpu_per_order_row(cpu: &[cpu::Share], orders: u64) -> String {
+    if orders == 0 {
+        return String::new();
+    }
+    let per_order = |secs: f64| secs * 1000.0 / orders as f64;
+    format!(
+        "| CPU per order accepted during the load, ms (all programs: {:.2}) | {} | | |\n",
+        per_order(cpu.iter().map(|s| s.cpu_secs).sum()),
+        cpu.iter()
+            .map(|s| format!("{} {:.2}", s.program, per_order(s.cpu_secs)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 impl Report {
@@ -111,6 +131,7 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            out += &cpu_per_order_row(&l.cpu, l.accepted);
         }
         if !l.error_samples.is_empty() {
             out += "\nerrors seen:\n";
@@ -169,5 +190,35 @@ impl Report {
                 .unwrap_or("–".into())
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(program: &str, cpu_secs: f64) -> cpu::Share {
+        cpu::Share {
+            program: program.into(),
+            percent_of_core: cpu_secs * 10.0, // over 10 s
+            cpu_secs,
+        }
+    }
+
+    #[test]
+    fn cpu_per_order_is_each_programs_cpu_over_the_orders() {
+        let cpu = [
+            share("tansu", 3.0),
+            share("postgres", 2.0),
+            share("ordersaga (service)", 1.0),
+        ];
+        // 6 s of CPU for 2,000 orders: 3 ms each.
+        let row = cpu_per_order_row(&cpu, 2000);
+        assert!(row.contains("ms (all programs: 3.00) |"), "{row}");
+        assert!(
+            row.contains("| tansu 1.50, postgres 1.00, ordersaga (service) 0.50 |"),
+            "{row}"
+        );
+        assert_eq!(cpu_per_order_row(&cpu, 0), "");
     }
 }
