@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::FieldError;
 use super::money::Money;
-use super::payment::{Installment, PaymentMethod};
+use super::payment::{Installment, MethodError, PaymentMethod};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -213,8 +213,11 @@ pub struct NewOrder {
 pub enum OrderRejection {
     /// Fields missing or malformed (HTTP 422): every problem found, in field order.
     InvalidFields(Vec<FieldError>),
-    /// Each field is fine but the method does not allow that many installments (HTTP 400).
-    InstallmentNotAllowed(FieldError),
+    /// Each field is well-formed but the method and installments fall outside
+    /// the method table (HTTP 400, as the reference answers): a method the
+    /// table does not have (the error names `method`), or more installments
+    /// than the method allows (it names `installment`).
+    OutsideMethodTable(FieldError),
 }
 
 impl NewOrder {
@@ -252,11 +255,26 @@ impl NewOrder {
                 .map_err(|e| errors.push(FieldError::new("installment", e.to_string())))
                 .ok()
         });
+        // A method that is given but not in the table is the table's refusal
+        // (400), unless other fields are malformed too (then all go in one 422).
+        let mut unknown_method = None;
         let method = method.and_then(|v| {
             v.parse::<PaymentMethod>()
-                .map_err(|e| errors.push(FieldError::new("method", e.to_string())))
+                .map_err(|e| {
+                    let error = FieldError::new("method", e.to_string());
+                    match e {
+                        MethodError::Unknown => unknown_method = Some(error),
+                        MethodError::Empty => errors.push(error),
+                    }
+                })
                 .ok()
         });
+        if let Some(error) = unknown_method {
+            if errors.is_empty() {
+                return Err(OrderRejection::OutsideMethodTable(error));
+            }
+            errors.push(error);
+        }
         errors.sort_by_key(|e| {
             ["value", "user_id", "installment", "method"]
                 .iter()
@@ -278,7 +296,7 @@ impl NewOrder {
                             installment.get()
                         )
                     };
-                    return Err(OrderRejection::InstallmentNotAllowed(FieldError::new(
+                    return Err(OrderRejection::OutsideMethodTable(FieldError::new(
                         "installment",
                         msg,
                     )));
@@ -434,17 +452,37 @@ mod tests {
 
     #[test]
     fn a_pair_outside_the_table_is_its_own_rejection() {
-        let Err(OrderRejection::InstallmentNotAllowed(e)) = parse("10", "u", "2", "debit_card")
-        else {
+        let Err(OrderRejection::OutsideMethodTable(e)) = parse("10", "u", "2", "debit_card") else {
             panic!()
         };
         assert_eq!(e.field, "installment");
         assert_eq!(e.message, "debit_card allows only 1 installment, got 2");
-        let Err(OrderRejection::InstallmentNotAllowed(e)) = parse("10", "u", "13", "credit_card")
+        let Err(OrderRejection::OutsideMethodTable(e)) = parse("10", "u", "13", "credit_card")
         else {
             panic!()
         };
         assert_eq!(e.message, "credit_card allows 1 to 12 installments, got 13");
+    }
+
+    #[test]
+    fn an_unknown_method_is_outside_the_table_and_named() {
+        let Err(OrderRejection::OutsideMethodTable(e)) = parse("10", "u", "1", "not_exist") else {
+            panic!()
+        };
+        assert_eq!(e.field, "method");
+        assert_eq!(
+            e.message,
+            "must be one of credit_card, debit_card, transfer, cash"
+        );
+    }
+
+    #[test]
+    fn an_unknown_method_beside_a_malformed_field_is_listed_with_it() {
+        let Err(OrderRejection::InvalidFields(errs)) = parse("abc", "u", "1", "not_exist") else {
+            panic!()
+        };
+        let fields: Vec<_> = errs.iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["value", "method"]);
     }
 
     #[test]

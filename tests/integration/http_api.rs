@@ -161,7 +161,6 @@ async fn every_missing_or_malformed_field_is_a_422_naming_it() {
         (with("installment", "0"), "installment", "at least 1"),
         (with("installment", "1.5"), "installment", "whole number"),
         (with("installment", "-2"), "installment", "at least 1"),
-        (with("method", "pix"), "method", "must be one of"),
     ];
     for (fields, field, problem) in cases {
         let (status, body) = post(&f.api, &fields).await;
@@ -203,6 +202,35 @@ async fn a_method_installment_pair_outside_the_table_is_a_400() {
     }
     let (status, _) = post(&f.api, &with("installment", "12")).await;
     assert_eq!(status, 201, "credit_card allows 12");
+}
+
+/// The reference answers 400 for a method outside its table; so does a drop-in replacement.
+#[tokio::test]
+async fn a_method_outside_the_table_is_a_400_naming_the_method() {
+    let f = fixture().await;
+    for method in ["not_exist", "pix", "CREDIT_CARD"] {
+        let (status, body) = post(&f.api, &with("method", method)).await;
+        assert_eq!(status, 400, "{method}: {body}");
+        assert_eq!(body["error"], "bad_request", "{body}");
+        assert_eq!(body["fields"][0]["field"], "method", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("must be one of"),
+            "{body}"
+        );
+    }
+    // Beside another malformed field it is listed with it, in one 422.
+    let mut fields = with("method", "not_exist");
+    fields.retain(|(k, _)| *k != "value");
+    fields.push(("value", "abc".into()));
+    let (status, body) = post(&f.api, &fields).await;
+    assert_eq!(status, 422, "{body}");
+    let named: Vec<&str> = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, ["value", "method"], "{body}");
 }
 
 #[tokio::test]

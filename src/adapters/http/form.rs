@@ -250,7 +250,7 @@ mod tests {
                             prop_assert!(!e.message.is_empty());
                         }
                     }
-                    Err(OrderRejection::InstallmentNotAllowed(e)) => prop_assert_eq!(e.field, "installment"),
+                    Err(OrderRejection::OutsideMethodTable(e)) => prop_assert!(e.field == "installment" || e.field == "method"),
                 }
             }
 

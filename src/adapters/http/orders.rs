@@ -188,7 +188,7 @@ pub async fn place_order(
     )
     .map_err(|r| match r {
         OrderRejection::InvalidFields(fields) => AppError::InvalidFields(fields),
-        OrderRejection::InstallmentNotAllowed(field) => AppError::Rejected(field),
+        OrderRejection::OutsideMethodTable(field) => AppError::Rejected(field),
     })?;
     let correlation_id = headers
         .get(REQUEST_ID_HEADER)
