@@ -166,7 +166,7 @@ pub enum OrderFormDoc {
     responses(
         (status = 201, description = "Order accepted, PROCESSING", body = OrderBody),
         (status = 200, description = "Repeat of an earlier request with the same Idempotency-Key", body = OrderBody),
-        (status = 400, description = "Method and installment do not go together, or a bad header", body = ErrorBody),
+        (status = 400, description = "A method outside the method table, more installments than the method allows, or a bad header", body = ErrorBody),
         (status = 409, description = "Idempotency-Key already used with a different form", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not a form", body = ErrorBody),
