@@ -45,7 +45,7 @@ test-browser: stack-up build ## The live saga page and Swagger UI in headless Ch
 compose-check: ## Validate docker-compose.yml with the Compose client (no Docker engine needed)
 	scripts/check-compose.sh
 
-stack-up: ## Install (if missing) and start PostgreSQL, Kafka (tansu) and MongoDB (SecantusDB) on 127.0.0.1
+stack-up: ## Install (if missing) and start PostgreSQL, Apache Kafka and MongoDB (SecantusDB) on 127.0.0.1
 	@$(STACK) up
 
 stack-down: ## Stop what stack-up started

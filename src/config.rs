@@ -154,9 +154,6 @@ pub struct KafkaArgs {
     /// Idempotent producer (enable.idempotence): no duplicates or reordering from client retries.
     #[arg(long, env = "KAFKA_IDEMPOTENCE", default_value_t = true, action = clap::ArgAction::Set)]
     pub kafka_idempotence: bool,
-    /// Send LeaveGroup when a consumer stops gracefully (faster rebalance); false: just go, as a crash would.
-    #[arg(long, env = "KAFKA_LEAVE_GROUP_ON_SHUTDOWN", default_value_t = true, action = clap::ArgAction::Set)]
-    pub kafka_leave_group_on_shutdown: bool,
     /// Extra librdkafka properties for every client, as key=value,key=value (e.g. security settings).
     #[arg(long, env = "KAFKA_EXTRA_CONFIG", default_value = "")]
     pub kafka_extra_config: String,
@@ -539,7 +536,6 @@ impl KafkaArgs {
             max_in_flight: self.kafka_max_in_flight,
             message_timeout: ms(self.kafka_message_timeout_ms),
             idempotence: self.kafka_idempotence,
-            leave_group_on_shutdown: self.kafka_leave_group_on_shutdown,
             consumer_concurrency: self.consumer_concurrency as usize,
             lane_depth: self.consumer_lane_depth as usize,
             extra: parse_extra_config(&self.kafka_extra_config)
@@ -829,7 +825,7 @@ mod tests {
             refusal(&["--kafka-heartbeat-interval-ms", "20000"])
                 .contains("KAFKA_HEARTBEAT_INTERVAL_MS")
         );
-        // Idempotence named: the local stack's environment turns it off.
+        // Idempotence named, whatever the environment says.
         let in_flight = ["--kafka-max-in-flight", "6", "--kafka-idempotence"];
         assert!(refusal(&[&in_flight[..], &["true"]].concat()).contains("KAFKA_MAX_IN_FLIGHT"));
         assert!(plan(&[&in_flight[..], &["false"]].concat()).is_ok());

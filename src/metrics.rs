@@ -17,6 +17,7 @@ pub const MESSAGES_HANDLED: &str = "ordersaga_messages_handled_total";
 pub const MESSAGE_DURATION: &str = "ordersaga_message_handling_duration_seconds";
 pub const MESSAGE_WAIT: &str = "ordersaga_message_wait_seconds";
 pub const KAFKA_PUBLISH_DURATION: &str = "ordersaga_kafka_publish_duration_seconds";
+pub const KAFKA_PRODUCER_RECREATED: &str = "ordersaga_kafka_producer_recreated_total";
 pub const CONSUMER_OFFSET: &str = "ordersaga_consumer_last_offset";
 pub const CONSUMER_LAG: &str = "ordersaga_consumer_lag";
 pub const OUTBOX_BACKLOG: &str = "ordersaga_outbox_backlog";
@@ -112,6 +113,10 @@ fn describe() {
         KAFKA_PUBLISH_DURATION,
         Unit::Seconds,
         "From handing a batch of messages to the Kafka producer to the broker acknowledging the last of them"
+    );
+    describe_counter!(
+        KAFKA_PRODUCER_RECREATED,
+        "Kafka producers replaced because they could no longer deliver (a fatal error, or batches timing out while the brokers answer)"
     );
     describe_gauge!(
         CONSUMER_OFFSET,

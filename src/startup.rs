@@ -128,7 +128,6 @@ impl Default for Settings {
                 max_in_flight: KafkaSettings::DEFAULT_MAX_IN_FLIGHT,
                 message_timeout: Duration::from_secs(10),
                 idempotence: true,
-                leave_group_on_shutdown: true,
                 consumer_concurrency: 6,
                 lane_depth: 4,
                 extra: vec![],
@@ -340,8 +339,6 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         None
     };
 
-    let readiness = Arc::new(Readiness::new(dependencies, Duration::from_secs(3)));
-
     if roles.api || roles.orchestrator {
         let store = store.clone().expect("postgres is set up for these roles");
         tokio::spawn(store.announce_outbox(shutdown.clone()));
@@ -365,11 +362,14 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         });
     }
 
-    let consumer =
+    // Each consumer's first assignment, which /ready waits for.
+    let mut assignments = Vec::new();
+    let mut consumer =
         |component: &'static str, topics: Vec<Topic>, handler: Arc<dyn MessageHandler>| {
             let mut cs = ConsumerSettings::new(component, topics);
             cs.max_attempts = settings.consumer_max_attempts;
             cs.shutdown_timeout = settings.shutdown_timeout;
+            assignments.push((component, cs.assignment.clone()));
             let dlq: Arc<dyn MessagePublisher> = Arc::new(publisher.clone().expect("kafka"));
             let k = kafka_settings.clone();
             let token = shutdown.clone();
@@ -444,6 +444,9 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             validator,
         ));
     }
+
+    let readiness =
+        Arc::new(Readiness::new(dependencies, Duration::from_secs(3)).with_consumers(assignments));
 
     let mut api_addr = None;
     if roles.api {

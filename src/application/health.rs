@@ -1,4 +1,5 @@
-//! Readiness: can this process reach what it needs?
+//! Readiness: can this process reach what it needs, and has every consumer
+//! of the process been given its share of the work?
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,29 @@ impl Dependency {
     }
 }
 
+/// Whether a message consumer has joined its group and been assigned its
+/// partitions (possibly none, when the group has more members than
+/// partitions). Until then the messages it will handle wait, so a process is
+/// not ready before each of its consumers has been assigned once; later
+/// rebalances do not make it unready again.
+#[derive(Debug, Default)]
+pub struct ConsumerAssignment {
+    assigned: AtomicBool,
+}
+
+impl ConsumerAssignment {
+    pub fn mark_assigned(&self) {
+        self.assigned.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_assigned(&self) -> bool {
+        self.assigned.load(Ordering::SeqCst)
+    }
+}
+
+/// The name the consumers' check is reported under.
+pub const CONSUMERS_CHECK: &str = "consumers";
+
 #[derive(Debug, Clone)]
 pub struct ReadinessReport {
     pub draining: bool,
@@ -47,6 +71,8 @@ impl ReadinessReport {
 
 pub struct Readiness {
     dependencies: Vec<Dependency>,
+    /// Each consumer of the process, by component name.
+    consumers: Vec<(&'static str, Arc<ConsumerAssignment>)>,
     draining: AtomicBool,
     timeout: Duration,
 }
@@ -55,9 +81,41 @@ impl Readiness {
     pub fn new(dependencies: Vec<Dependency>, timeout: Duration) -> Self {
         Self {
             dependencies,
+            consumers: Vec::new(),
             draining: AtomicBool::new(false),
             timeout,
         }
+    }
+
+    /// Also waits for these consumers' first partition assignment.
+    pub fn with_consumers(
+        mut self,
+        consumers: Vec<(&'static str, Arc<ConsumerAssignment>)>,
+    ) -> Self {
+        self.consumers = consumers;
+        self
+    }
+
+    /// The consumers' check: fails naming those not assigned yet.
+    fn consumers_check(&self) -> Option<(&'static str, Result<(), String>)> {
+        if self.consumers.is_empty() {
+            return None;
+        }
+        let waiting: Vec<&str> = self
+            .consumers
+            .iter()
+            .filter(|(_, a)| !a.is_assigned())
+            .map(|(name, _)| *name)
+            .collect();
+        let result = if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "waiting for a partition assignment: {}",
+                waiting.join(", ")
+            ))
+        };
+        Some((CONSUMERS_CHECK, result))
     }
 
     /// From now on the process reports not ready, so load balancers stop sending work.
@@ -67,7 +125,7 @@ impl Readiness {
 
     /// Checks every dependency at once, each within the timeout.
     pub async fn check(&self) -> ReadinessReport {
-        let checks = futures::future::join_all(self.dependencies.iter().map(|d| async move {
+        let mut checks = futures::future::join_all(self.dependencies.iter().map(|d| async move {
             let result = match tokio::time::timeout(self.timeout, d.check()).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
@@ -75,9 +133,51 @@ impl Readiness {
             (d.name(), result)
         }))
         .await;
+        checks.extend(self.consumers_check());
         ReadinessReport {
             draining: self.draining.load(Ordering::SeqCst),
             checks,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn not_ready_until_every_consumer_was_assigned_once() {
+        let (a, b) = (
+            Arc::new(ConsumerAssignment::default()),
+            Arc::new(ConsumerAssignment::default()),
+        );
+        let readiness = Readiness::new(vec![], Duration::from_secs(1)).with_consumers(vec![
+            ("orchestrator", a.clone()),
+            ("user-validator", b.clone()),
+        ]);
+        let report = readiness.check().await;
+        assert!(!report.ready());
+        assert_eq!(
+            report.checks,
+            [(
+                CONSUMERS_CHECK,
+                Err("waiting for a partition assignment: orchestrator, user-validator".into())
+            )]
+        );
+        a.mark_assigned();
+        let report = readiness.check().await;
+        assert!(!report.ready());
+        assert_eq!(
+            report.checks[0].1,
+            Err("waiting for a partition assignment: user-validator".into())
+        );
+        b.mark_assigned();
+        assert!(readiness.check().await.ready());
+    }
+
+    #[tokio::test]
+    async fn a_process_without_consumers_has_no_consumer_check() {
+        let readiness = Readiness::new(vec![], Duration::from_secs(1));
+        assert!(readiness.check().await.checks.is_empty());
     }
 }

@@ -37,7 +37,14 @@ impl Snapshot {
             .filter_map(|entry| {
                 let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
                 let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                Some((pid, parse_stat(&stat)?))
+                let (program, ticks) = parse_stat(&stat)?;
+                let program = if program == "java" {
+                    let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                    java_program(&cmdline)
+                } else {
+                    program
+                };
+                Some((pid, (program, ticks)))
             })
             .collect();
         Self {
@@ -100,9 +107,23 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((program, utime + stime))
 }
 
+/// A JVM is named by what it runs: the Kafka broker (main class `kafka.Kafka`)
+/// is `kafka`; any other stays `java`. `cmdline` is /proc/<pid>/cmdline.
+fn java_program(cmdline: &[u8]) -> String {
+    let runs_kafka = cmdline.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka");
+    if runs_kafka { "kafka" } else { "java" }.to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kafka_broker_is_named_by_its_main_class() {
+        let broker = b"java\0-Xmx1g\0-cp\0/c/libs/*\0kafka.Kafka\0/s/server.properties\0";
+        assert_eq!(java_program(broker), "kafka");
+        assert_eq!(java_program(b"java\0-jar\0app.jar\0"), "java");
+    }
 
     #[test]
     fn reads_the_program_and_cpu_ticks_even_with_odd_names() {

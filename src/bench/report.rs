@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn cpu_per_order_is_each_programs_cpu_over_the_orders() {
         let cpu = [
-            share("tansu", 3.0),
+            share("kafka", 3.0),
             share("postgres", 2.0),
             share("ordersaga (service)", 1.0),
         ];
@@ -216,7 +216,7 @@ mod tests {
         let row = cpu_per_order_row(&cpu, 2000);
         assert!(row.contains("ms (all programs: 3.00) |"), "{row}");
         assert!(
-            row.contains("| tansu 1.50, postgres 1.00, ordersaga (service) 0.50 |"),
+            row.contains("| kafka 1.50, postgres 1.00, ordersaga (service) 0.50 |"),
             "{row}"
         );
         assert_eq!(cpu_per_order_row(&cpu, 0), "");

@@ -1,7 +1,8 @@
 //! Reliability drill: runs ordersaga as separate processes on loopback, sends
 //! a load of orders, and breaks something in each phase: every component is
-//! killed with SIGKILL and restarted in turn, then the broker, MongoDB and the
-//! user API are stopped for a while. After each phase it checks that every
+//! killed with SIGKILL and restarted in turn, then the Kafka broker is killed
+//! (and restarted with its data) and wiped (restarted empty), and MongoDB and
+//! the user API are stopped for a while. After each phase it checks that every
 //! accepted order settled exactly once with the right status and that the
 //! MongoDB event log agrees with PostgreSQL, and prints a table of figures.
 //! Exits non-zero on any loss, duplicate, stuck or wrong order.
@@ -38,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     settle_secs: u64,
     /// Run only these phases (comma-separated): api, relay, orchestrator, user-validator,
-    /// balance-validator, broker, mongodb, user-api.
+    /// balance-validator, broker-kill, broker-wipe, mongodb, user-api.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Arguments cargo's test runner may pass (ignored).
@@ -77,7 +78,11 @@ impl Stack {
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     Kill(&'static str),
-    Broker,
+    /// SIGKILL of the broker; it restarts after the outage with its log dir as it was.
+    BrokerKill,
+    /// The broker stopped and its log dir deleted: it restarts empty, without
+    /// topics, messages or committed offsets, as after a lost disk.
+    BrokerWipe,
     MongoDb,
     UserApi,
 }
@@ -86,7 +91,8 @@ impl Fault {
     fn label(&self) -> String {
         match self {
             Fault::Kill(c) => format!("kill -9 {c}"),
-            Fault::Broker => "broker down".into(),
+            Fault::BrokerKill => "kill -9 broker".into(),
+            Fault::BrokerWipe => "broker wiped".into(),
             Fault::MongoDb => "MongoDB down".into(),
             Fault::UserApi => "user API down".into(),
         }
@@ -96,7 +102,8 @@ impl Fault {
     fn name(&self) -> &'static str {
         match self {
             Fault::Kill(c) => c,
-            Fault::Broker => "broker",
+            Fault::BrokerKill => "broker-kill",
+            Fault::BrokerWipe => "broker-wipe",
             Fault::MongoDb => "mongodb",
             Fault::UserApi => "user-api",
         }
@@ -104,6 +111,13 @@ impl Fault {
 
     fn is_outage(&self) -> bool {
         !matches!(self, Fault::Kill(_))
+    }
+
+    /// Whether POSTs may be refused during this phase: only while the API
+    /// process itself restarts (connection refused). In every other phase an
+    /// order not accepted is a failure.
+    fn may_refuse(&self) -> bool {
+        matches!(self, Fault::Kill("api"))
     }
 }
 
@@ -144,6 +158,9 @@ struct Row {
     p50_settle_ms: i64,
     max_settle_ms: i64,
     settle_times: Vec<i64>,
+    /// For an outage: from the server's return (its port answering again) to
+    /// the last settlement of the orders accepted before it, ms.
+    recovered_ms: Option<i64>,
     /// "expected → got" for each kind of wrong outcome, with counts.
     wrong_kinds: HashMap<String, usize>,
 }
@@ -286,6 +303,25 @@ impl Row {
     }
 }
 
+/// How long after `back_at` the last of the orders accepted before it settled
+/// (None if none was accepted before it).
+async fn recovered_ms(
+    launcher: &Launcher,
+    accepted: &[(usize, String)],
+    back_at: chrono::DateTime<chrono::Utc>,
+) -> Option<i64> {
+    let ids: Vec<&str> = accepted.iter().map(|(_, id)| id.as_str()).collect();
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM max(updated_at) - $2) * 1000)::bigint
+           FROM orders WHERE id = ANY($1::uuid[]) AND created_at < $2 AND status <> 'PROCESSING'",
+    )
+    .bind(&ids)
+    .bind(back_at)
+    .fetch_one(launcher.pool())
+    .await
+    .unwrap()
+}
+
 /// MongoDB's event log against PostgreSQL's events: same orders, same event ids, every status change.
 async fn check_event_log(launcher: &Launcher, settle: Duration) -> Result<String, String> {
     let pool = launcher.pool();
@@ -363,7 +399,7 @@ async fn check_event_log(launcher: &Launcher, settle: Duration) -> Result<String
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| {:<26} | {:>6} | {:>8} | {:>7} | {:>4} | {:>10} | {:>5} | {:>5} | {:>14} | {:>14} |",
+        "| {:<26} | {:>6} | {:>8} | {:>7} | {:>4} | {:>10} | {:>5} | {:>5} | {:>14} | {:>14} | {:>17} |",
         "phase",
         "sent",
         "accepted",
@@ -373,20 +409,21 @@ fn print_table(rows: &[Row]) {
         "stuck",
         "wrong",
         "p50 settle ms",
-        "max settle ms"
+        "max settle ms",
+        "recovered in ms"
     );
     println!(
         "|{}|",
-        ["-"; 10]
+        ["-"; 11]
             .iter()
-            .zip([28, 8, 10, 9, 6, 12, 7, 7, 16, 16])
+            .zip([28, 8, 10, 9, 6, 12, 7, 7, 16, 16, 19])
             .map(|(d, w)| d.repeat(w))
             .collect::<Vec<_>>()
             .join("|")
     );
     for r in rows {
         println!(
-            "| {:<26} | {:>6} | {:>8} | {:>7} | {:>4} | {:>10} | {:>5} | {:>5} | {:>14} | {:>14} |",
+            "| {:<26} | {:>6} | {:>8} | {:>7} | {:>4} | {:>10} | {:>5} | {:>5} | {:>14} | {:>14} | {:>17} |",
             r.phase,
             r.sent,
             r.accepted,
@@ -396,7 +433,8 @@ fn print_table(rows: &[Row]) {
             r.stuck,
             r.wrong,
             r.p50_settle_ms,
-            r.max_settle_ms
+            r.max_settle_ms,
+            r.recovered_ms.map_or_else(String::new, |ms| ms.to_string())
         );
     }
 }
@@ -469,7 +507,8 @@ async fn main() {
         Fault::Kill("orchestrator"),
         Fault::Kill("user-validator"),
         Fault::Kill("balance-validator"),
-        Fault::Broker,
+        Fault::BrokerKill,
+        Fault::BrokerWipe,
         Fault::MongoDb,
         Fault::UserApi,
     ]
@@ -481,6 +520,9 @@ async fn main() {
     let outage = Duration::from_secs(args.outage_secs);
     let settle = Duration::from_secs(args.settle_secs);
     let mut rows = Vec::new();
+    // Components that exited without being killed, and orders refused where none should be.
+    let mut exited: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     for (i, fault) in faults.iter().enumerate() {
         let range = i * per_phase..if i + 1 == faults.len() {
             args.orders
@@ -514,25 +556,37 @@ async fn main() {
             load_time / 2
         };
         tokio::time::sleep(fault_at).await;
+        // When the broken server answers again (outages only).
+        let mut back_at = None;
         match fault {
             Fault::Kill(name) => {
                 stack.kill(name);
                 stack.start(name);
             }
-            Fault::Broker => {
-                stack.kafka.stop();
+            Fault::BrokerKill => {
+                stack.kafka.kill();
                 tokio::time::sleep(outage).await;
                 stack.kafka.start();
+                back_at = Some(chrono::Utc::now());
+            }
+            Fault::BrokerWipe => {
+                stack.kafka.stop();
+                stack.kafka.wipe();
+                tokio::time::sleep(outage).await;
+                stack.kafka.start();
+                back_at = Some(chrono::Utc::now());
             }
             Fault::MongoDb => {
                 stack.mongo.stop();
                 tokio::time::sleep(outage).await;
                 stack.mongo.start();
+                back_at = Some(chrono::Utc::now());
             }
             Fault::UserApi => {
                 stack.kill("user-api");
                 tokio::time::sleep(outage).await;
                 stack.start("user-api");
+                back_at = Some(chrono::Utc::now());
             }
         }
         if matches!(fault, Fault::Kill("api")) {
@@ -542,9 +596,20 @@ async fn main() {
         for (name, c) in stack.components.iter_mut() {
             if let Some(status) = c.process.as_mut().and_then(Process::exit_status) {
                 println!("  ! {name} exited by itself ({status}); see its log");
+                exited.push(format!("{name} in phase {}", i + 1));
             }
         }
-        let row = check_phase(&stack.launcher, &fault.label(), sent, &accepted, settle).await;
+        if accepted.len() < sent && !fault.may_refuse() {
+            println!(
+                "  ! {} of {sent} orders were not accepted, in a phase where the API stays up",
+                sent - accepted.len()
+            );
+            refused.push(format!("{} in phase {}", sent - accepted.len(), i + 1));
+        }
+        let mut row = check_phase(&stack.launcher, &fault.label(), sent, &accepted, settle).await;
+        if let Some(back_at) = back_at {
+            row.recovered_ms = recovered_ms(&stack.launcher, &accepted, back_at).await;
+        }
         println!(
             "  accepted {} / {}; settled {}; lost {}, duplicated {}, stuck {}, wrong {}; max settle {} ms",
             row.accepted,
@@ -556,6 +621,11 @@ async fn main() {
             row.wrong,
             row.max_settle_ms
         );
+        if let Some(ms) = row.recovered_ms {
+            println!(
+                "  the orders accepted during the outage had all settled {ms} ms after it ended"
+            );
+        }
         for (kind, n) in &row.wrong_kinds {
             println!("  wrong: {n} × {kind}");
         }
@@ -589,11 +659,25 @@ async fn main() {
         Ok(report) | Err(report) => println!("{report}"),
     }
     println!("drill took {:.0} s", started.elapsed().as_secs_f64());
-    let failed = total.lost + total.duplicated + total.stuck + total.wrong > 0 || log.is_err();
+    if !exited.is_empty() {
+        println!("components that exited on their own: {}", exited.join(", "));
+    }
+    if !refused.is_empty() {
+        println!(
+            "orders refused while the API was up: {}",
+            refused.join(", ")
+        );
+    }
+    let failed = total.lost + total.duplicated + total.stuck + total.wrong > 0
+        || log.is_err()
+        || !exited.is_empty()
+        || !refused.is_empty();
     // Processes, private servers and databases go before the exit.
     drop(stack);
     if failed {
-        println!("DRILL FAILED: something was lost, duplicated, stuck or wrong");
+        println!(
+            "DRILL FAILED: something was lost, duplicated, stuck, wrong or refused, or a component exited on its own"
+        );
         std::process::exit(1);
     }
     println!("drill passed: every accepted order settled exactly once, with the right status");

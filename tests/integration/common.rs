@@ -153,10 +153,7 @@ pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
         linger: Duration::ZERO,
         max_in_flight: KafkaSettings::DEFAULT_MAX_IN_FLIGHT,
         message_timeout: Duration::from_secs(10),
-        // The stand-in broker forgets producer ids when it restarts and strands a
-        // group whose leader leaves mid-rebalance (docs/stand-ins.md).
-        idempotence: false,
-        leave_group_on_shutdown: false,
+        idempotence: true,
         consumer_concurrency: 6,
         lane_depth: 4,
         extra: vec![],
@@ -351,10 +348,6 @@ impl SystemEnv {
                 "KAFKA_HEARTBEAT_INTERVAL_MS",
                 k.heartbeat_interval.as_millis().to_string(),
             ),
-            (
-                "KAFKA_LEAVE_GROUP_ON_SHUTDOWN",
-                k.leave_group_on_shutdown.to_string(),
-            ),
             ("KAFKA_IDEMPOTENCE", k.idempotence.to_string()),
             ("MONGODB_URI", self.mongo.settings.uri.clone()),
             ("MONGODB_DATABASE", self.mongo.settings.database.clone()),
@@ -517,12 +510,14 @@ pub mod fakes {
     }
 }
 
-/// A stand-in server of the test's own (Kafka or MongoDB), on a free port, that
-/// the test may stop and start again on the same port (and, for MongoDB, the
-/// same data). Killed when dropped.
+/// A server of the test's own (an Apache Kafka broker, or the MongoDB-protocol
+/// stand-in), on a free port, that the test may stop, kill and start again on
+/// the same port, with its data kept (or wiped). Killed when dropped.
 pub struct PrivateServer {
     kind: ServerKind,
     pub port: u16,
+    /// The Kafka controller's port (unused for MongoDB).
+    controller_port: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
 }
@@ -548,6 +543,7 @@ impl PrivateServer {
         let mut s = Self {
             kind,
             port: free_port(),
+            controller_port: free_port(),
             dir,
             child: None,
         };
@@ -557,15 +553,20 @@ impl PrivateServer {
 
     fn binary(&self) -> String {
         let var = match self.kind {
-            ServerKind::Kafka => "ORDERSAGA_TANSU_BIN",
+            ServerKind::Kafka => "ORDERSAGA_KAFKA_SERVER",
             ServerKind::Mongo => "ORDERSAGA_MONGO_BIN",
         };
         std::env::var(var)
             .ok()
             .filter(|p| !p.is_empty() && std::path::Path::new(p).exists())
             .unwrap_or_else(|| {
-                panic!("{var} must name the stand-in binary: run the tests through `make test`")
+                panic!("{var} must name the server's program: run the tests through `make test`")
             })
+    }
+
+    /// Where the server keeps its data.
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.join("data")
     }
 
     /// Starts the server (again) and waits until its port answers.
@@ -575,20 +576,15 @@ impl PrivateServer {
         let mut cmd = Command::new(self.binary());
         match self.kind {
             ServerKind::Kafka => {
-                let url = format!("tcp://127.0.0.1:{port}");
-                cmd.args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ]);
-                cmd.args(["--storage-engine", "memory://tansu/"]);
+                // scripts/kafka/server.sh DIR PORT CONTROLLER_PORT: formats DIR/data
+                // on first start (or after a wipe), then execs the broker.
+                cmd.arg(&self.dir)
+                    .args([port.as_str(), &self.controller_port.to_string()])
+                    .env("KAFKA_HEAP", "384m");
             }
             ServerKind::Mongo => {
-                let storage = self.dir.join("data");
                 cmd.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
-                    .arg(storage);
+                    .arg(self.data_dir());
                 if self.binary().ends_with("secantusd-rs") {
                     cmd.args(["--log-file-max", "10MB", "--cache-size", "128M"]);
                 }
@@ -600,13 +596,25 @@ impl PrivateServer {
             .open(self.dir.join("server.log"))
             .unwrap();
         let child = cmd
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("the stand-in starts");
+            .expect("the server starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A JVM start and, the first time, formatting the log dir take a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{:?} exited during start-up ({status}); see {:?}",
+                    self.kind,
+                    self.dir.join("server.log")
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "{:?} did not answer on port {}; see {:?}",
@@ -618,7 +626,7 @@ impl PrivateServer {
         }
     }
 
-    /// Stops the server as an operator would (SIGTERM, then SIGKILL after 10 s)
+    /// Stops the server as an operator would (SIGTERM, then SIGKILL after 20 s)
     /// and waits until its port is closed. (A SIGKILLed secantusd-rs loses the
     /// writes of its last half second even when journaled: docs/stand-ins.md.)
     pub fn stop(&mut self) {
@@ -627,13 +635,33 @@ impl PrivateServer {
                 .arg("-TERM")
                 .arg(child.id().to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(20);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.wait_closed();
+    }
+
+    /// Kills the server with SIGKILL, as a crash would; its data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.wait_closed();
+    }
+
+    /// Deletes everything the (stopped) server stored: it starts empty, as a
+    /// broker whose disk was lost.
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "stop the server before wiping it");
+        let _ = std::fs::remove_dir_all(self.data_dir());
+    }
+
+    fn wait_closed(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
             assert!(Instant::now() < deadline, "port {} still open", self.port);

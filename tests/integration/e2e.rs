@@ -1,7 +1,7 @@
 //! Black box: the `ordersaga` binary started as `ordersaga all` on free ports,
 //! with its own database, topics and event log, driven over HTTP only.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -112,4 +112,36 @@ async fn orders_settle_through_the_whole_saga_and_the_log_shows_the_steps() {
         .terminate(Duration::from_secs(20))
         .expect("exits after SIGTERM");
     assert!(exit.success(), "graceful exit: {exit:?}");
+}
+
+/// The reference's own end-to-end suite waits for the service to answer, then
+/// expects an order to settle within a second. `/ready` answers 200 only once
+/// every consumer of the process has its partitions, so an order placed right
+/// after it does not wait for a consumer group to form.
+#[tokio::test]
+async fn an_order_placed_right_after_ready_settles_within_a_second() {
+    let launcher = Launcher::new(SystemEnv::new().await);
+    let _process = launcher.spawn("all", &[]);
+    let api = &launcher.api();
+    api.wait_healthy(Duration::from_secs(60)).await;
+    let waited_for_consumers = std::cell::Cell::new(false);
+    eventually("/ready to answer 200", Duration::from_secs(60), || async {
+        let (status, body) = api.get_json("/ready").await;
+        if body["checks"]["consumers"].is_string() && body["checks"]["consumers"] != "ok" {
+            waited_for_consumers.set(true);
+        }
+        (status == 200).then_some(())
+    })
+    .await;
+    let (_, ready) = api.get_json("/ready").await;
+    assert_eq!(ready["checks"]["consumers"], "ok", "{ready}");
+    let id = place(api, "10.00", "uuuu-aaaa-bbbb", "1", "cash").await;
+    let placed = Instant::now();
+    let order = api.wait_settled(&id, Duration::from_secs(1)).await;
+    assert_eq!(order["status"], "APPROVED", "{order}");
+    eprintln!(
+        "settled {} ms after its 201 (consumers still joining seen at first: {})",
+        placed.elapsed().as_millis(),
+        waited_for_consumers.get()
+    );
 }

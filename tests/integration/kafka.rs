@@ -103,25 +103,35 @@ async fn topics_are_created_once_with_the_prefix() {
     ensure_topics(&k).await.expect("existing topics are fine");
     let publisher = KafkaPublisher::new(k.clone(), "test").unwrap();
     publisher.ping().await.unwrap();
-    let c = raw_consumer(&k, Topic::OrdersCreated);
-    let k2 = k.clone();
-    let names: Vec<String> = tokio::task::spawn_blocking(move || {
-        let md = c.fetch_metadata(None, Duration::from_secs(5)).unwrap();
-        md.topics()
-            .iter()
-            .map(|t| t.name().to_owned())
-            .filter(|n| n.starts_with(&k2.topic_prefix))
-            .collect()
-    })
-    .await
-    .unwrap();
-    for t in Topic::ALL {
-        assert!(
-            names.contains(&k.topic(t)),
-            "{} missing from {names:?}",
-            k.topic(t)
-        );
-    }
+    let c = Arc::new(raw_consumer(&k, Topic::OrdersCreated));
+    // A created topic reaches every broker's metadata a moment after the
+    // creation was acknowledged (KRaft propagates it through the metadata log).
+    eventually(
+        "every topic in the metadata",
+        Duration::from_secs(30),
+        || {
+            let (c, k2) = (c.clone(), k.clone());
+            let prefix = k.topic_prefix.clone();
+            async move {
+                let names: Vec<String> = tokio::task::spawn_blocking(move || {
+                    let md = c.fetch_metadata(None, Duration::from_secs(5)).unwrap();
+                    md.topics()
+                        .iter()
+                        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                        .map(|t| t.name().to_owned())
+                        .filter(|n| n.starts_with(&prefix))
+                        .collect()
+                })
+                .await
+                .unwrap();
+                Topic::ALL
+                    .iter()
+                    .all(|t| names.contains(&k2.topic(*t)))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -296,4 +306,29 @@ async fn handled_offsets_are_committed_so_a_restart_does_not_replay_them() {
         .expect("consumer stops")
         .unwrap()
         .unwrap();
+}
+
+/// A producer that librdkafka declares fatally broken (an idempotence
+/// guarantee lost) refuses every message until it is recreated: the publisher
+/// replaces it, so publishing works again.
+#[tokio::test]
+async fn a_fatally_broken_producer_is_replaced_and_publishing_goes_on() {
+    let k = kafka_settings();
+    ensure_topics(&k).await.unwrap();
+    let publisher = KafkaPublisher::new(k.clone(), "test").unwrap();
+    let message = |n: u32| message(Topic::OrdersCreated, serde_json::json!({ "n": n }));
+    publisher
+        .publish(&[message(0)])
+        .await
+        .expect("a healthy producer delivers");
+    publisher.break_for_test();
+    let refused = publisher.publish(&[message(1)]).await;
+    assert!(
+        refused.is_err(),
+        "a fatally broken producer refuses: {refused:?}"
+    );
+    publisher
+        .publish(&[message(2)])
+        .await
+        .expect("the replaced producer delivers");
 }

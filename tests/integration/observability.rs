@@ -170,8 +170,13 @@ async fn a_component_without_the_api_serves_health_readiness_and_metrics_on_ops_
     let _validator = launcher.spawn("balance-validator", &[("OPS_PORT", &port)]);
     let ops = Api::new(format!("127.0.0.1:{port}").parse().unwrap());
     ops.wait_healthy(Duration::from_secs(60)).await;
-    let (status, body) = ops.get_json("/ready").await;
-    assert_eq!(status, 200, "{body}");
+    // Ready once its consumer has its partitions.
+    let body = eventually("/ready to answer 200", Duration::from_secs(60), || async {
+        let (status, body) = ops.get_json("/ready").await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(body["checks"]["consumers"], "ok", "{body}");
     assert_eq!(body["checks"]["kafka"], "ok");
     assert!(
         body["checks"].get("postgres").is_none(),

@@ -79,7 +79,7 @@ pub async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, Json
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            Some(format!("unreachable: {}", failing.join(", "))),
+            Some(format!("not ready: {}", failing.join(", "))),
         )
     };
     (

@@ -19,6 +19,9 @@ pub use topics::{delete_topics, ensure_topics, guard_topics};
 
 use crate::application::messages::Topic;
 
+/// Longest pause between two attempts to reach a broker that is down.
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`.
@@ -40,11 +43,10 @@ pub struct KafkaSettings {
     pub max_in_flight: u32,
     /// `message.timeout.ms`: how long a produce may take before it fails.
     pub message_timeout: Duration,
-    /// `enable.idempotence` on the producer (see docs/stand-ins.md for when to turn it off).
+    /// `enable.idempotence` on the producer: no duplicates or reordering from
+    /// the client's own retries. Off only for clusters that refuse it (an ACL
+    /// without IDEMPOTENT_WRITE on old brokers).
     pub idempotence: bool,
-    /// Send LeaveGroup when a consumer stops (a quick rebalance), or just go
-    /// and let the session time out (see docs/stand-ins.md).
-    pub leave_group_on_shutdown: bool,
     /// Lanes a consumer spreads its partitions over.
     pub consumer_concurrency: usize,
     /// Messages one lane handles at once (never two with the same key).
@@ -79,7 +81,11 @@ impl KafkaSettings {
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", client_id)
             .set("socket.nagle.disable", "true")
-            .set("topic.metadata.refresh.interval.ms", "10000");
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            // librdkafka backs off reconnecting up to 10 s by default, so a broker
+            // back from a restart waited up to 10 s more for its clients (seen in
+            // `make drill`); a try a second costs a refused connection, no more.
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
         for (k, v) in &self.extra {
             c.set(k, v);
         }

@@ -1,10 +1,22 @@
 //! The Kafka producer: `MessagePublisher`.
+//!
+//! An idempotent librdkafka producer can end up unusable: a fatal error
+//! (an idempotence guarantee it can no longer keep) leaves it refusing every
+//! message until it is recreated, and after a cluster lost its data (a topic
+//! recreated under the same name) it has been seen timing out every message
+//! for minutes while the broker answered. The publisher therefore replaces its
+//! producer on a fatal error, and after `STALLED_BATCHES` batches in a row
+//! timed out while the brokers answer metadata. Messages of the old producer
+//! are failed, so they stay in the outbox (or the consumer retries them);
+//! consumers drop the copies a retry may make.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -18,17 +30,35 @@ use crate::application::ports::{MessagePublisher, PublishError};
 /// Longest a message waits for room in the producer's local queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Batches in a row that timed out, with the brokers answering, before the
+/// producer is replaced.
+const STALLED_BATCHES: u32 = 3;
+
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    /// The current producer; replaced when it can no longer deliver.
+    producer: Arc<RwLock<FutureProducer>>,
+    /// Batches in a row that timed out.
+    stalled: Arc<AtomicU32>,
     settings: Arc<KafkaSettings>,
+    client_id: Arc<str>,
 }
 
 impl KafkaPublisher {
     /// Creates a producer with `acks=all`, idempotent unless turned off: then
     /// retries inside the client never duplicate or reorder a partition's messages.
     pub fn new(settings: Arc<KafkaSettings>, client_id: &str) -> anyhow::Result<Self> {
-        let producer: FutureProducer = settings
+        let producer = Self::create(&settings, client_id)?;
+        Ok(Self {
+            producer: Arc::new(RwLock::new(producer)),
+            stalled: Arc::default(),
+            settings,
+            client_id: client_id.into(),
+        })
+    }
+
+    fn create(settings: &KafkaSettings, client_id: &str) -> anyhow::Result<FutureProducer> {
+        settings
             .base_config(client_id)
             .set("enable.idempotence", settings.idempotence.to_string())
             .set("acks", "all")
@@ -42,8 +72,75 @@ impl KafkaPublisher {
                 settings.message_timeout.as_millis().to_string(),
             )
             .create()
-            .context("cannot create the Kafka producer")?;
-        Ok(Self { producer, settings })
+            .context("cannot create the Kafka producer")
+    }
+
+    /// The producer to send with now.
+    fn current(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failed send with `used`: replaces the producer if it is fatally
+    /// broken, or if batches keep timing out while the brokers answer.
+    async fn after_failure(&self, used: &FutureProducer, error: &KafkaError) {
+        if let Some((code, reason)) = used.client().fatal_error() {
+            self.replace(used, &format!("fatal producer error {code:?}: {reason}"));
+            return;
+        }
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::MessageTimedOut) {
+            return;
+        }
+        let stalled = self.stalled.fetch_add(1, Ordering::SeqCst) + 1;
+        if stalled >= STALLED_BATCHES && self.metadata(None).await.is_ok() {
+            self.replace(
+                used,
+                &format!("{stalled} batches in a row timed out while the brokers answer"),
+            );
+        }
+    }
+
+    /// Puts a new producer in place of `used` (unless another send already did).
+    fn replace(&self, used: &FutureProducer, why: &str) {
+        let fresh = match Self::create(&self.settings, &self.client_id) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), why, "cannot recreate the Kafka producer");
+                return;
+            }
+        };
+        let old = {
+            let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+            if current.client().native_ptr() != used.client().native_ptr() {
+                return; // replaced meanwhile
+            }
+            std::mem::replace(&mut *current, fresh)
+        };
+        self.stalled.store(0, Ordering::SeqCst);
+        metrics::counter!(crate::metrics::KAFKA_PRODUCER_RECREATED).increment(1);
+        tracing::warn!(why, "recreated the Kafka producer");
+        // Dropping a producer purges and flushes it (up to 0.5 s): not on this thread.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
+
+    /// Makes the current producer fatally broken, as librdkafka does when an
+    /// idempotence guarantee is lost (`rd_kafka_test_fatal_error`), so tests
+    /// can check that the publisher recovers.
+    #[doc(hidden)]
+    pub fn break_for_test(&self) {
+        let producer = self.current();
+        let reason = std::ffi::CString::new("injected by a test").expect("no NUL");
+        // SAFETY: the handle is valid while `producer` lives; the call only
+        // records a fatal error on it.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
     }
 
     /// Asks the broker for the partitions of every topic, so that the first
@@ -61,7 +158,7 @@ impl KafkaPublisher {
 
     /// Asks the broker for the metadata of one topic, or of all of them.
     async fn metadata(&self, topic: Option<String>) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
+        let producer = self.current();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -75,7 +172,7 @@ impl KafkaPublisher {
 
     /// Waits until every queued message is delivered (or `timeout` passes).
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.current().flush(timeout) {
             tracing::warn!(error = %e, "producer flush did not complete");
         }
     }
@@ -103,6 +200,7 @@ impl MessagePublisher for KafkaPublisher {
                 )
             })
             .collect();
+        let producer = self.current();
         let sends = messages
             .iter()
             .zip(&prepared)
@@ -111,7 +209,7 @@ impl MessagePublisher for KafkaPublisher {
                     .key(m.key.as_bytes())
                     .payload(payload)
                     .headers(headers.clone());
-                self.producer.send(record, QUEUE_TIMEOUT)
+                producer.send(record, QUEUE_TIMEOUT)
             });
         let started = std::time::Instant::now();
         // Futures enqueue in order when first polled, so a partition keeps the outbox order.
@@ -123,15 +221,18 @@ impl MessagePublisher for KafkaPublisher {
                         RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
                     )
                 ) {
-                    // The broker lost its topics (e.g. a restarted in-memory broker): create them again.
+                    // The cluster lost its topics (its data was lost, or a topic was
+                    // deleted by hand): create them again.
                     tracing::warn!(error = %e, "topic missing on the broker; creating the topics again");
                     if let Err(create) = super::ensure_topics(&self.settings).await {
                         tracing::warn!(error = %format!("{create:#}"), "cannot create the topics");
                     }
                 }
+                self.after_failure(&producer, &e).await;
                 return Err(PublishError(e.to_string()));
             }
         }
+        self.stalled.store(0, Ordering::SeqCst);
         metrics::histogram!(crate::metrics::KAFKA_PUBLISH_DURATION)
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -168,10 +269,11 @@ impl MessagePublisher for KafkaPublisher {
         if let Some(payload) = &message.payload {
             record = record.payload(payload.as_slice());
         }
-        self.producer
-            .send(record, QUEUE_TIMEOUT)
-            .await
-            .map_err(|(e, _)| PublishError(e.to_string()))?;
+        let producer = self.current();
+        if let Err((e, _)) = producer.send(record, QUEUE_TIMEOUT).await {
+            self.after_failure(&producer, &e).await;
+            return Err(PublishError(e.to_string()));
+        }
         Ok(())
     }
 
