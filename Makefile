@@ -30,7 +30,7 @@ test-integration: stack-up ## Integration and end-to-end tests against the local
 test-e2e: stack-up ## The cucumber scenarios in features/ against the whole system
 	$(WITH_STACK) cargo test --test cucumber
 
-drill: stack-up ## Reliability drill: kill every component, stop the broker, MongoDB and the user API under load
+drill: stack-up ## Reliability drill: kill every component, kill and wipe the broker, stop MongoDB and the user API, under load
 	$(WITH_STACK) cargo test --test drill -- $(DRILL_ARGS)
 
 bench: stack-up ## Measure a release `ordersaga all` against PostgreSQL and Kafka floors (docs/performance.md)

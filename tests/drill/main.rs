@@ -434,7 +434,11 @@ fn print_table(rows: &[Row]) {
             r.wrong,
             r.p50_settle_ms,
             r.max_settle_ms,
-            r.recovered_ms.map_or_else(String::new, |ms| ms.to_string())
+            match r.recovered_ms {
+                Some(ms) if ms > 0 => ms.to_string(),
+                Some(_) => "during it".into(),
+                None => String::new(),
+            }
         );
     }
 }
@@ -621,10 +625,14 @@ async fn main() {
             row.wrong,
             row.max_settle_ms
         );
-        if let Some(ms) = row.recovered_ms {
-            println!(
+        match row.recovered_ms {
+            Some(ms) if ms > 0 => println!(
                 "  the orders accepted during the outage had all settled {ms} ms after it ended"
-            );
+            ),
+            Some(_) => {
+                println!("  the orders accepted during the outage had all settled before it ended")
+            }
+            None => {}
         }
         for (kind, n) in &row.wrong_kinds {
             println!("  wrong: {n} × {kind}");
