@@ -136,8 +136,8 @@ pub struct KafkaArgs {
     /// Consumer heartbeat interval, in ms.
     #[arg(long, env = "KAFKA_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
     pub kafka_heartbeat_interval_ms: u64,
-    /// fetch.wait.max.ms: how long the broker may hold a fetch; lower means lower latency.
-    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 10)]
+    /// fetch.wait.max.ms: how long the broker may hold a fetch that finds nothing (it answers as soon as data arrives).
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 500)]
     pub kafka_fetch_wait_max_ms: u64,
     /// linger.ms: how long the producer waits to fill a batch.
     #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 0)]

@@ -149,7 +149,7 @@ pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
         replication_factor: 1,
         session_timeout: Duration::from_millis(6000),
         heartbeat_interval: Duration::from_millis(500),
-        fetch_wait_max: Duration::from_millis(10),
+        fetch_wait_max: Duration::from_millis(500),
         linger: Duration::ZERO,
         max_in_flight: KafkaSettings::DEFAULT_MAX_IN_FLIGHT,
         message_timeout: Duration::from_secs(10),
