@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::adapters::kafka::{KafkaSettings, parse_extra_config};
+use crate::adapters::kafka::{ClientProperties, KafkaSettings, parse_extra_config};
 use crate::adapters::mongo::MongoSettings;
 use crate::adapters::postgres::PgSettings;
 use crate::adapters::user_api::UserApiSettings;
@@ -77,12 +77,23 @@ pub struct LogArgs {
 #[command(next_help_heading = "PostgreSQL")]
 pub struct DbArgs {
     /// PostgreSQL connection URL (the database is created if missing when migrating).
+    /// TLS: add sslmode=verify-full&sslrootcert=/path/ca.pem (or sslmode=require).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/ordersaga"
+        default_value = "postgres://postgres@127.0.0.1:5432/ordersaga",
+        hide_env_values = true
     )]
     pub database_url: String,
+    /// A file holding the PostgreSQL connection URL (a secret mounted as a file); wins over DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<std::path::PathBuf>,
+    /// PostgreSQL's statement_timeout for every connection, in ms (0: none).
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = PgSettings::DEFAULT_STATEMENT_TIMEOUT.as_millis() as u64)]
+    pub database_statement_timeout_ms: u64,
+    /// New orders waiting for an order writer, at most; past that POST /api/orders answers 503 overloaded.
+    #[arg(long, env = "DATABASE_ORDER_QUEUE_MAX", default_value_t = PgSettings::DEFAULT_ORDER_QUEUE_MAX as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub database_order_queue_max: u32,
     /// Connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_max_connections: u32,
@@ -154,8 +165,40 @@ pub struct KafkaArgs {
     /// Idempotent producer (enable.idempotence): no duplicates or reordering from client retries.
     #[arg(long, env = "KAFKA_IDEMPOTENCE", default_value_t = true, action = clap::ArgAction::Set)]
     pub kafka_idempotence: bool,
-    /// Extra librdkafka properties for every client, as key=value,key=value (e.g. security settings).
-    #[arg(long, env = "KAFKA_EXTRA_CONFIG", default_value = "")]
+    /// Security protocol to the brokers: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", default_value = "plaintext")]
+    pub kafka_security_protocol: KafkaSecurityProtocol,
+    /// SASL mechanism (with sasl_ssl or sasl_plaintext).
+    #[arg(long, env = "KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// SASL user name.
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// SASL password.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+    /// A file holding the SASL password; wins over KAFKA_SASL_PASSWORD.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA that signed the brokers' certificates (else the system's CAs).
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<std::path::PathBuf>,
+    /// PEM file of this client's certificate, for brokers that require one (mutual TLS).
+    #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION")]
+    pub kafka_ssl_certificate_location: Option<std::path::PathBuf>,
+    /// PEM file of this client's private key (with KAFKA_SSL_CERTIFICATE_LOCATION).
+    #[arg(long, env = "KAFKA_SSL_KEY_LOCATION")]
+    pub kafka_ssl_key_location: Option<std::path::PathBuf>,
+    /// Password of that private key, if it is encrypted.
+    #[arg(long, env = "KAFKA_SSL_KEY_PASSWORD", hide_env_values = true)]
+    pub kafka_ssl_key_password: Option<String>,
+    /// Extra librdkafka properties for every client, as key=value,key=value; they win over the settings above.
+    #[arg(
+        long,
+        env = "KAFKA_EXTRA_CONFIG",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub kafka_extra_config: String,
     /// Attempts for a message whose handling keeps failing before it is dead-lettered.
     #[arg(long, env = "CONSUMER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -170,12 +213,54 @@ pub struct KafkaArgs {
     pub consumer_lane_depth: u32,
 }
 
+/// `security.protocol` of librdkafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaSecurityProtocol {
+    #[value(name = "plaintext")]
+    Plaintext,
+    #[value(name = "ssl")]
+    Ssl,
+    #[value(name = "sasl_plaintext")]
+    SaslPlaintext,
+    #[value(name = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl KafkaSecurityProtocol {
+    fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
+/// `sasl.mechanism` of librdkafka (GSSAPI is not built in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaSaslMechanism {
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "MongoDB")]
 pub struct MongoArgs {
-    /// MongoDB connection URI.
-    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    /// MongoDB connection URI (TLS and credentials go in it: tls=true&tlsCAFile=..., user:password@).
+    #[arg(
+        long,
+        env = "MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017",
+        hide_env_values = true
+    )]
     pub mongodb_uri: String,
+    /// A file holding the MongoDB URI; wins over MONGODB_URI.
+    #[arg(long, env = "MONGODB_URI_FILE")]
+    pub mongodb_uri_file: Option<std::path::PathBuf>,
     /// Database holding the event log (collection saga_events).
     #[arg(long, env = "MONGODB_DATABASE", default_value = "ordersaga")]
     pub mongodb_database: String,
@@ -465,9 +550,39 @@ pub struct MigrateArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/ordersaga"
+        default_value = "postgres://postgres@127.0.0.1:5432/ordersaga",
+        hide_env_values = true
     )]
     pub database_url: String,
+    /// A file holding the PostgreSQL connection URL; wins over DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<std::path::PathBuf>,
+}
+
+impl MigrateArgs {
+    /// The connection URL, from DATABASE_URL_FILE when it is set.
+    pub fn url(&self) -> Result<String, String> {
+        secret(
+            &self.database_url,
+            self.database_url_file.as_deref(),
+            "DATABASE_URL_FILE",
+        )
+    }
+}
+
+/// A secret given directly or, when `file` is set, read from that file
+/// (trailing newlines dropped), with a message naming `file_var` if it cannot be read.
+pub fn secret(
+    value: &str,
+    file: Option<&std::path::Path>,
+    file_var: &str,
+) -> Result<String, String> {
+    match file {
+        None => Ok(value.to_owned()),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("{file_var}: cannot read {}: {e}", path.display())),
+    }
 }
 
 fn parse_money(s: &str) -> Result<Money, String> {
@@ -479,21 +594,33 @@ fn ms(n: u64) -> Duration {
 }
 
 impl DbArgs {
-    /// Sets the PostgreSQL part of a run's settings.
-    fn apply(&self, s: &mut Settings) {
-        s.db = self.settings();
-        s.migrate_on_start = self.database_migrate_on_start;
+    /// The connection URL, from DATABASE_URL_FILE when it is set.
+    pub fn url(&self) -> Result<String, String> {
+        secret(
+            &self.database_url,
+            self.database_url_file.as_deref(),
+            "DATABASE_URL_FILE",
+        )
     }
 
-    fn settings(&self) -> PgSettings {
-        PgSettings {
-            url: self.database_url.clone(),
+    /// Sets the PostgreSQL part of a run's settings.
+    fn apply(&self, s: &mut Settings) -> Result<(), String> {
+        s.db = self.settings()?;
+        s.migrate_on_start = self.database_migrate_on_start;
+        Ok(())
+    }
+
+    fn settings(&self) -> Result<PgSettings, String> {
+        Ok(PgSettings {
+            url: self.url()?,
             max_connections: self.database_max_connections,
             acquire_timeout: ms(self.database_acquire_timeout_ms),
             saga_writers: self.database_saga_writers as usize,
             saga_batch_max: self.database_saga_batch_max as usize,
             order_writers: self.database_order_writers as usize,
-        }
+            order_queue_max: self.database_order_queue_max as usize,
+            statement_timeout: ms(self.database_statement_timeout_ms),
+        })
     }
 }
 
@@ -523,6 +650,7 @@ impl KafkaArgs {
                 self.kafka_max_in_flight
             ));
         }
+        let properties = self.client_properties()?;
         Ok(KafkaSettings {
             brokers: self.kafka_brokers.clone(),
             topic_prefix: self.kafka_topic_prefix.clone(),
@@ -538,19 +666,100 @@ impl KafkaArgs {
             idempotence: self.kafka_idempotence,
             consumer_concurrency: self.consumer_concurrency as usize,
             lane_depth: self.consumer_lane_depth as usize,
-            extra: parse_extra_config(&self.kafka_extra_config)
-                .map_err(|e| format!("KAFKA_EXTRA_CONFIG: {e}"))?,
+            extra: ClientProperties(properties),
         })
+    }
+
+    /// The librdkafka properties of the security settings, then KAFKA_EXTRA_CONFIG's.
+    fn client_properties(&self) -> Result<Vec<(String, String)>, String> {
+        let protocol = self.kafka_security_protocol;
+        let mut p: Vec<(String, String)> = Vec::new();
+        let mut set = |k: &str, v: String| p.push((k.to_owned(), v));
+        let file =
+            |path: &Option<std::path::PathBuf>, var: &str| -> Result<Option<String>, String> {
+                match path {
+                    None => Ok(None),
+                    Some(path) if path.is_file() => Ok(Some(path.to_string_lossy().into_owned())),
+                    Some(path) => Err(format!("{var}: {} is not a readable file", path.display())),
+                }
+            };
+        if protocol != KafkaSecurityProtocol::Plaintext {
+            let name = protocol
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            set("security.protocol", name);
+        }
+        if protocol.sasl() {
+            let mechanism = self.kafka_sasl_mechanism.ok_or(
+                "KAFKA_SECURITY_PROTOCOL is sasl_*, so KAFKA_SASL_MECHANISM must be set (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)",
+            )?;
+            let mechanism = mechanism
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            set("sasl.mechanism", mechanism);
+            let user = self
+                .kafka_sasl_username
+                .clone()
+                .ok_or("KAFKA_SECURITY_PROTOCOL is sasl_*, so KAFKA_SASL_USERNAME must be set")?;
+            set("sasl.username", user);
+            let password = match (&self.kafka_sasl_password, &self.kafka_sasl_password_file) {
+                (_, Some(path)) => secret("", Some(path), "KAFKA_SASL_PASSWORD_FILE")?,
+                (Some(password), None) => password.clone(),
+                (None, None) => {
+                    return Err("KAFKA_SECURITY_PROTOCOL is sasl_*, so KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE) must be set".into());
+                }
+            };
+            set("sasl.password", password);
+        } else if self.kafka_sasl_mechanism.is_some() || self.kafka_sasl_username.is_some() {
+            return Err(
+                "KAFKA_SASL_MECHANISM and KAFKA_SASL_USERNAME need KAFKA_SECURITY_PROTOCOL sasl_ssl or sasl_plaintext".into(),
+            );
+        }
+        let ca = file(&self.kafka_ssl_ca_location, "KAFKA_SSL_CA_LOCATION")?;
+        let cert = file(
+            &self.kafka_ssl_certificate_location,
+            "KAFKA_SSL_CERTIFICATE_LOCATION",
+        )?;
+        let key = file(&self.kafka_ssl_key_location, "KAFKA_SSL_KEY_LOCATION")?;
+        if (ca.is_some() || cert.is_some()) && !protocol.tls() {
+            return Err("KAFKA_SSL_* files need KAFKA_SECURITY_PROTOCOL ssl or sasl_ssl".into());
+        }
+        if cert.is_some() != key.is_some() {
+            return Err(
+                "KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together".into(),
+            );
+        }
+        if let Some(ca) = ca {
+            set("ssl.ca.location", ca);
+        }
+        if let (Some(cert), Some(key)) = (cert, key) {
+            set("ssl.certificate.location", cert);
+            set("ssl.key.location", key);
+        }
+        if let Some(password) = &self.kafka_ssl_key_password {
+            set("ssl.key.password", password.clone());
+        }
+        p.extend(
+            parse_extra_config(&self.kafka_extra_config)
+                .map_err(|e| format!("KAFKA_EXTRA_CONFIG: {e}"))?,
+        );
+        Ok(p)
     }
 }
 
 impl MongoArgs {
-    fn settings(&self) -> MongoSettings {
-        MongoSettings {
-            uri: self.mongodb_uri.clone(),
+    fn settings(&self) -> Result<MongoSettings, String> {
+        Ok(MongoSettings {
+            uri: secret(
+                &self.mongodb_uri,
+                self.mongodb_uri_file.as_deref(),
+                "MONGODB_URI_FILE",
+            )?,
             database: self.mongodb_database.clone(),
             timeout: ms(self.mongodb_timeout_ms),
-        }
+        })
     }
 }
 
@@ -625,9 +834,9 @@ impl Command {
         Ok(match self {
             Command::All(a) => {
                 let mut s = base(&a.shutdown);
-                a.db.apply(&mut s);
+                a.db.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
-                s.mongo = a.mongo.settings();
+                s.mongo = a.mongo.settings()?;
                 s.http_addr = SocketAddr::new(a.http.host, a.http.port);
                 s.idempotency_ttl =
                     chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
@@ -645,9 +854,9 @@ impl Command {
             }
             Command::Api(a) => {
                 let mut s = base(&a.shutdown);
-                a.db.apply(&mut s);
+                a.db.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
-                s.mongo = a.mongo.settings();
+                s.mongo = a.mongo.settings()?;
                 s.http_addr = SocketAddr::new(a.http.host, a.http.port);
                 s.idempotency_ttl =
                     chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
@@ -665,9 +874,9 @@ impl Command {
             Command::Orchestrator(a) => {
                 let mut s = base(&a.shutdown);
                 a.ops.apply(&mut s);
-                a.db.apply(&mut s);
+                a.db.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
-                s.mongo = a.mongo.settings();
+                s.mongo = a.mongo.settings()?;
                 a.saga.apply(&mut s);
                 s.relay = a.relay.settings();
                 (
@@ -708,9 +917,9 @@ impl Command {
             Command::Relay(a) => {
                 let mut s = base(&a.shutdown);
                 a.ops.apply(&mut s);
-                a.db.apply(&mut s);
+                a.db.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
-                s.mongo = a.mongo.settings();
+                s.mongo = a.mongo.settings()?;
                 s.relay = a.relay.settings();
                 (
                     Roles {
@@ -768,11 +977,23 @@ mod tests {
             "USER_API_FAILURE_POLICY",
         ] {
             assert!(
-                help.contains(&format!("env: {var}=")),
+                help.contains(&format!("env: {var}=")) || help.contains(&format!("env: {var}]")),
                 "all --help lacks {var}"
             );
         }
         assert!(help.contains("[default: 10000.00]"));
+        // Values that may hold a secret are never shown, even when set.
+        for var in [
+            "DATABASE_URL",
+            "MONGODB_URI",
+            "KAFKA_SASL_PASSWORD",
+            "KAFKA_EXTRA_CONFIG",
+        ] {
+            assert!(
+                help.contains(&format!("env: {var}]")),
+                "{var}'s value shows in --help"
+            );
+        }
     }
 
     #[test]
@@ -830,6 +1051,75 @@ mod tests {
         assert!(refusal(&[&in_flight[..], &["true"]].concat()).contains("KAFKA_MAX_IN_FLIGHT"));
         assert!(plan(&[&in_flight[..], &["false"]].concat()).is_ok());
         assert!(refusal(&["--kafka-extra-config", "nonsense"]).contains("KAFKA_EXTRA_CONFIG"));
+        // Kafka security: what goes together, and files that must exist.
+        let sasl = ["--kafka-security-protocol", "sasl_ssl"];
+        assert!(refusal(&sasl).contains("KAFKA_SASL_MECHANISM"));
+        let sasl = [&sasl[..], &["--kafka-sasl-mechanism", "SCRAM-SHA-512"]].concat();
+        assert!(refusal(&sasl).contains("KAFKA_SASL_USERNAME"));
+        let sasl = [&sasl[..], &["--kafka-sasl-username", "u"]].concat();
+        assert!(refusal(&sasl).contains("KAFKA_SASL_PASSWORD"));
+        assert!(plan(&[&sasl[..], &["--kafka-sasl-password", "p"]].concat()).is_ok());
+        assert!(
+            refusal(&["--kafka-sasl-username", "u"]).contains("KAFKA_SECURITY_PROTOCOL"),
+            "SASL settings without a SASL protocol"
+        );
+        let ssl = ["--kafka-security-protocol", "ssl"];
+        let missing = [
+            &ssl[..],
+            &["--kafka-ssl-ca-location", "/nonexistent/ca.pem"],
+        ]
+        .concat();
+        assert!(refusal(&missing).contains("KAFKA_SSL_CA_LOCATION: /nonexistent/ca.pem"));
+        let lone_cert = [
+            &ssl[..],
+            &["--kafka-ssl-certificate-location", "Cargo.toml"],
+        ]
+        .concat();
+        assert!(refusal(&lone_cert).contains("go together"));
+        assert!(
+            refusal(&["--database-url-file", "/nonexistent/url"]).contains("DATABASE_URL_FILE")
+        );
+    }
+
+    #[test]
+    fn kafka_security_settings_become_librdkafka_properties_that_hide_their_secrets() {
+        let cli = Cli::try_parse_from([
+            "ordersaga",
+            "all",
+            "--kafka-security-protocol",
+            "sasl_ssl",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-sasl-username",
+            "ordersaga",
+            "--kafka-sasl-password",
+            "hunter2",
+            "--kafka-ssl-ca-location",
+            "Cargo.toml",
+            "--kafka-extra-config",
+            "sasl.username=override",
+        ])
+        .unwrap();
+        let (_, settings) = cli.command.plan().unwrap();
+        let props = &settings.kafka.extra;
+        let get = |k: &str| {
+            props
+                .iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(get("sasl.password"), Some("hunter2"));
+        assert_eq!(get("ssl.ca.location"), Some("Cargo.toml"));
+        assert_eq!(
+            get("sasl.username"),
+            Some("override"),
+            "KAFKA_EXTRA_CONFIG wins"
+        );
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     let command = match command {
         Command::Migrate(args) => {
-            PgStore::migrate(&args.database_url).await?;
+            PgStore::migrate(&args.url().map_err(anyhow::Error::msg)?).await?;
             tracing::info!("migrations applied");
             return Ok(());
         }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::Refused;
 use crate::adapters::http::{self, AppState};
 use crate::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
 use crate::adapters::mongo::{MongoEventLog, MongoSettings};
@@ -113,6 +114,8 @@ impl Default for Settings {
                 saga_writers: PgSettings::DEFAULT_SAGA_WRITERS,
                 saga_batch_max: PgSettings::DEFAULT_SAGA_BATCH_MAX,
                 order_writers: PgSettings::DEFAULT_ORDER_WRITERS,
+                order_queue_max: PgSettings::DEFAULT_ORDER_QUEUE_MAX,
+                statement_timeout: PgSettings::DEFAULT_STATEMENT_TIMEOUT,
             },
             migrate_on_start: true,
             kafka: KafkaSettings {
@@ -130,7 +133,7 @@ impl Default for Settings {
                 idempotence: true,
                 consumer_concurrency: 6,
                 lane_depth: 4,
-                extra: vec![],
+                extra: Default::default(),
             },
             create_topics: true,
             topic_check_interval: Duration::from_secs(10),
@@ -182,7 +185,8 @@ pub struct Running {
     settings: Settings,
 }
 
-/// Retries `f` until it succeeds or `within` passes, then fails with its last error.
+/// Retries `f` until it succeeds or `within` passes, then fails with its last
+/// error; a [`Refused`] (bad certificate, refused credentials) fails at once.
 async fn retry_start<T, F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -192,6 +196,7 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
+            Err(e) if Refused::is_in(&e) => return Err(e),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(e.context(format!(
                     "{what} did not succeed within {} s",
@@ -282,6 +287,11 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             .await?;
         }
         let mut store = PgStore::connect_lazy(&settings.db)?;
+        let url = settings.db.url.clone();
+        retry_start("connecting to PostgreSQL", START_PATIENCE, || {
+            store.check(&url)
+        })
+        .await?;
         if roles.relay && !settings.relay.hand_off_lease.is_zero() {
             store = store.with_hand_off(settings.relay.hand_off_lease);
         }
@@ -317,6 +327,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
 
     let event_log = if roles.mongo() {
         let log = MongoEventLog::connect(&settings.mongo).await?;
+        log.check().await?;
         dependencies.push(Dependency::MongoDb(Arc::new(log.clone())));
         // The index is created in the background: a MongoDB outage must not stop the saga.
         let l = log.clone();

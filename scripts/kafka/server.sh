@@ -11,6 +11,13 @@
 # scripts/stack.sh (`install-kafka`), cached in $ORDERSAGA_CACHE/kafka-<version>.
 # KAFKA_HEAP (default 512m) sizes the JVM heap; KAFKA_EXTRA_PROPERTIES
 # (lines of key=value) is appended to the configuration.
+#
+# Secure listeners besides PLAINTEXT (the tests of TLS and SASL use them):
+#   KAFKA_TLS_KEYSTORE   PEM file with the server's private key and certificate chain
+#   KAFKA_TLS_CA         PEM file of the CA that signs client certificates (mutual TLS)
+#   KAFKA_SASL_SSL_PORT  a SASL_SSL listener there (SCRAM-SHA-512), users from
+#   KAFKA_SCRAM_USERS    name=password[,name=password...], created when the log dir is formatted
+#   KAFKA_SSL_PORT       an SSL listener there that requires a client certificate
 # The script ends by exec'ing java, so its pid is the broker's (kill -9 works).
 set -euo pipefail
 
@@ -28,16 +35,46 @@ command -v java >/dev/null || die "no java on PATH: install a JDK 17 or later (D
 
 mkdir -p "$dir/data"
 dir=$(cd "$dir" && pwd)
+
+listeners="PLAINTEXT://127.0.0.1:$port"
+protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+secure=""
+if [[ -n ${KAFKA_SASL_SSL_PORT:-} || -n ${KAFKA_SSL_PORT:-} ]]; then
+  [[ -n ${KAFKA_TLS_KEYSTORE:-} ]] || die "KAFKA_SASL_SSL_PORT and KAFKA_SSL_PORT need KAFKA_TLS_KEYSTORE"
+  secure="ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_TLS_KEYSTORE"
+  if [[ -n ${KAFKA_TLS_CA:-} ]]; then
+    secure+="
+ssl.truststore.type=PEM
+ssl.truststore.location=$KAFKA_TLS_CA"
+  fi
+fi
+if [[ -n ${KAFKA_SASL_SSL_PORT:-} ]]; then
+  listeners+=",SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+  protocols+=",SASL_SSL:SASL_SSL"
+  secure+="
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+fi
+if [[ -n ${KAFKA_SSL_PORT:-} ]]; then
+  [[ -n ${KAFKA_TLS_CA:-} ]] || die "KAFKA_SSL_PORT needs KAFKA_TLS_CA (client certificates are required)"
+  listeners+=",SSL://127.0.0.1:$KAFKA_SSL_PORT"
+  protocols+=",SSL:SSL"
+  secure+="
+listener.name.ssl.ssl.client.auth=required"
+fi
+
 cat >"$dir/server.properties" <<PROPS
 # Written by scripts/kafka/server.sh: one node that is both broker and controller.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols
+$secure
 log.dirs=$dir/data
 # One node: every internal topic has one replica.
 offsets.topic.replication.factor=1
@@ -65,8 +102,13 @@ while True:
 }
 
 if [[ ! -f $dir/data/meta.properties ]]; then
+  scram=()
+  IFS=, read -r -a users <<<"${KAFKA_SCRAM_USERS:-}"
+  for u in "${users[@]}"; do
+    [[ -n $u ]] && scram+=(--add-scram "SCRAM-SHA-512=[name=${u%%=*},password=${u#*=}]")
+  done
   java -cp "$LIBS/*" -Dlog4j2.configurationFile="$HERE/log4j2.properties" kafka.tools.StorageTool format \
-    --config "$dir/server.properties" --cluster-id "$(cluster_id)" \
+    --config "$dir/server.properties" --cluster-id "$(cluster_id)" "${scram[@]}" \
     --ignore-formatted >&2 || die "cannot format the log dir $dir/data"
 fi
 

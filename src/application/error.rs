@@ -44,6 +44,9 @@ impl From<StoreError> for AppError {
                 dependency: "postgres",
                 detail,
             },
+            StoreError::Overloaded(detail) => {
+                AppError::Overloaded(format!("{detail}; retry shortly"), 1)
+            }
             StoreError::Other(e) => AppError::Internal(e),
         }
     }

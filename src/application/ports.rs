@@ -15,6 +15,9 @@ use super::messages::{InboundMessage, OutboundMessage};
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Too much work is already waiting for the store: try again shortly.
+    #[error("store overloaded: {0}")]
+    Overloaded(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -288,6 +291,7 @@ impl From<StoreError> for HandleError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(d) => HandleError::Unavailable(format!("postgres: {d}")),
+            StoreError::Overloaded(d) => HandleError::Unavailable(format!("postgres busy: {d}")),
             StoreError::Other(e) => HandleError::Failed(e),
         }
     }

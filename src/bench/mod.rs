@@ -80,9 +80,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new()
         .max_connections(args.concurrency + 2)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(&args.db.database_url)
+        .connect(&args.db.url().map_err(anyhow::Error::msg)?)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", args.db.database_url))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}",
+                crate::adapters::postgres::display_url(&args.db.database_url)
+            )
+        })?;
 
     let floors = if args.no_floors {
         None

@@ -156,7 +156,7 @@ pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
         idempotence: true,
         consumer_concurrency: 6,
         lane_depth: 4,
-        extra: vec![],
+        extra: Default::default(),
     })
 }
 
@@ -289,6 +289,23 @@ impl Process {
     /// How the process ended, if it did.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits (at most `within`) for the process to end by itself.
+    pub fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// What the process has logged so far (its standard error).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }
 
@@ -516,8 +533,15 @@ pub mod fakes {
 pub struct PrivateServer {
     kind: ServerKind,
     pub port: u16,
-    /// The Kafka controller's port (unused for MongoDB).
+    /// The Kafka controller's port (unused for the others).
     controller_port: u16,
+    /// Kafka's SASL_SSL (SCRAM-SHA-512) and SSL (client certificate) listeners, when asked for.
+    pub sasl_ssl_port: Option<u16>,
+    pub ssl_port: Option<u16>,
+    /// Environment of the server's program (its TLS files, users...).
+    env: Vec<(String, String)>,
+    /// Extra arguments of the server's program.
+    args: Vec<String>,
     dir: std::path::PathBuf,
     child: Option<Child>,
 }
@@ -526,35 +550,96 @@ pub struct PrivateServer {
 enum ServerKind {
     Kafka,
     Mongo,
+    Postgres,
 }
 
 impl PrivateServer {
     pub fn kafka() -> Self {
-        Self::launch(ServerKind::Kafka)
+        Self::new(ServerKind::Kafka).launched()
     }
 
     pub fn mongo() -> Self {
-        Self::launch(ServerKind::Mongo)
+        Self::new(ServerKind::Mongo).launched()
     }
 
-    fn launch(kind: ServerKind) -> Self {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("server-"));
+    /// A Kafka broker with, besides PLAINTEXT, a SASL_SSL listener (SCRAM-SHA-512,
+    /// `user` with `password`) and an SSL listener that requires a client
+    /// certificate signed by `ca`.
+    pub fn kafka_secure(ca: &tls::TestCa, user: &str, password: &str) -> Self {
+        let mut s = Self::new(ServerKind::Kafka);
+        s.sasl_ssl_port = Some(free_port());
+        s.ssl_port = Some(free_port());
+        s.env = vec![
+            ("KAFKA_TLS_KEYSTORE".into(), ca.path("server-keystore.pem")),
+            ("KAFKA_TLS_CA".into(), ca.ca()),
+            (
+                "KAFKA_SASL_SSL_PORT".into(),
+                s.sasl_ssl_port.unwrap().to_string(),
+            ),
+            ("KAFKA_SSL_PORT".into(), s.ssl_port.unwrap().to_string()),
+            ("KAFKA_SCRAM_USERS".into(), format!("{user}={password}")),
+        ];
+        s.launched()
+    }
+
+    /// A MongoDB-protocol server that speaks TLS only, with a certificate of `ca`.
+    pub fn mongo_tls(ca: &tls::TestCa) -> Self {
+        let mut s = Self::new(ServerKind::Mongo);
+        s.args = vec![
+            "--tls-cert-file".into(),
+            ca.path("server.pem"),
+            "--tls-key-file".into(),
+            ca.path("server.key"),
+        ];
+        s.launched()
+    }
+
+    /// A PostgreSQL server that takes TCP clients over TLS only (a certificate
+    /// of `ca`), as user `postgres` with `password`.
+    pub fn postgres_tls(ca: &tls::TestCa, password: &str) -> Self {
+        let mut s = Self::new(ServerKind::Postgres);
+        s.env = vec![
+            ("PG_TLS_CERT".into(), ca.path("server.pem")),
+            ("PG_TLS_KEY".into(), ca.path("server.key")),
+            ("PG_PASSWORD".into(), password.into()),
+        ];
+        s.launched()
+    }
+
+    fn new(kind: ServerKind) -> Self {
+        // PostgreSQL runs as its own system user when the tests run as root:
+        // its folder must be where that user can go (not under /root).
+        let base = match kind {
+            ServerKind::Postgres => std::env::temp_dir(),
+            _ => std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        };
+        let dir = base.join(unique("ordersaga-server-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Self {
+        Self {
             kind,
             port: free_port(),
             controller_port: free_port(),
+            sasl_ssl_port: None,
+            ssl_port: None,
+            env: vec![],
+            args: vec![],
             dir,
             child: None,
-        };
-        s.start();
-        s
+        }
+    }
+
+    fn launched(mut self) -> Self {
+        self.start();
+        self
     }
 
     fn binary(&self) -> String {
+        if self.kind == ServerKind::Postgres {
+            return concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres/server.sh").into();
+        }
         let var = match self.kind {
             ServerKind::Kafka => "ORDERSAGA_KAFKA_SERVER",
-            ServerKind::Mongo => "ORDERSAGA_MONGO_BIN",
+            _ => "ORDERSAGA_MONGO_BIN",
         };
         std::env::var(var)
             .ok()
@@ -582,6 +667,10 @@ impl PrivateServer {
                     .args([port.as_str(), &self.controller_port.to_string()])
                     .env("KAFKA_HEAP", "384m");
             }
+            ServerKind::Postgres => {
+                // scripts/postgres/server.sh DIR PORT: creates DIR/data once, then execs postgres.
+                cmd.arg(&self.dir).arg(&port);
+            }
             ServerKind::Mongo => {
                 cmd.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
                     .arg(self.data_dir());
@@ -590,6 +679,8 @@ impl PrivateServer {
                 }
             }
         }
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -675,6 +766,14 @@ impl PrivateServer {
 
     pub fn mongo_uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// `postgres://postgres:<password>@127.0.0.1:<port>/<database>?<query>`.
+    pub fn postgres_url(&self, password: &str, database: &str, query: &str) -> String {
+        format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/{database}?{query}",
+            self.port
+        )
     }
 }
 
@@ -765,4 +864,81 @@ pub async fn place(api: &Api, value: &str, user: &str, installment: &str, method
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["status"], "PROCESSING");
     body["id"].as_str().unwrap().to_string()
+}
+
+pub mod tls {
+    //! A certificate authority made at test time, and the files the servers and
+    //! clients of the TLS tests read: the CA, a server certificate for 127.0.0.1
+    //! and localhost, and a client certificate (mutual TLS).
+
+    use std::path::{Path, PathBuf};
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    use super::unique;
+
+    pub struct TestCa {
+        pub dir: PathBuf,
+    }
+
+    impl TestCa {
+        /// A new CA in a folder of its own, with a server and a client certificate.
+        pub fn new() -> Self {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("ca-"));
+            std::fs::create_dir_all(&dir).unwrap();
+
+            let ca_key = KeyPair::generate().unwrap();
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.distinguished_name
+                .push(DnType::CommonName, "ordersaga test CA");
+            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let ca_cert = ca.self_signed(&ca_key).unwrap();
+            let issuer = Issuer::new(ca, &ca_key);
+
+            let leaf = |cn: &str, names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+                let key = KeyPair::generate().unwrap();
+                let mut params = CertificateParams::new(names).unwrap();
+                params.distinguished_name.push(DnType::CommonName, cn);
+                params.extended_key_usages = vec![usage];
+                let cert = params.signed_by(&key, &issuer).unwrap();
+                (cert.pem(), key.serialize_pem())
+            };
+            let (server, server_key) = leaf(
+                "127.0.0.1",
+                vec!["127.0.0.1".into(), "localhost".into()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            );
+            let (client, client_key) =
+                leaf("ordersaga", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+
+            let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+            write("ca.pem", &ca_cert.pem());
+            write("server.pem", &server);
+            write("server.key", &server_key);
+            // Kafka's PEM keystore: the key and its certificate in one file.
+            write("server-keystore.pem", &format!("{server_key}{server}"));
+            write("client.pem", &client);
+            write("client.key", &client_key);
+            Self { dir }
+        }
+
+        pub fn path(&self, name: &str) -> String {
+            self.dir.join(name).to_string_lossy().into_owned()
+        }
+
+        /// The CA certificate.
+        pub fn ca(&self) -> String {
+            self.path("ca.pem")
+        }
+    }
+
+    impl Drop for TestCa {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

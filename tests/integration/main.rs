@@ -15,4 +15,5 @@ mod observability;
 mod orchestrator;
 mod postgres;
 mod scale;
+mod security;
 mod user_api;

@@ -781,7 +781,7 @@ async fn orders_placed_while_the_inserts_are_busy_are_inserted_together_each_com
     use futures::poll;
     let db = TestDb::new().await;
     // One insert at a time inline, one writer behind it.
-    let store = PgStore::from_pool(db.pool().clone()).with_order_writers(1);
+    let store = PgStore::from_pool(db.pool().clone()).with_order_writers(1, 10_000);
     let svc = Arc::new(service_on(&store));
     // Hold every insert at the saga_events table until all the orders are placed.
     let mut lock = db.pool().begin().await.unwrap();

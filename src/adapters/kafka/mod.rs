@@ -51,8 +51,44 @@ pub struct KafkaSettings {
     pub consumer_concurrency: usize,
     /// Messages one lane handles at once (never two with the same key).
     pub lane_depth: usize,
-    /// Extra librdkafka properties applied to every client, e.g. security settings.
-    pub extra: Vec<(String, String)>,
+    /// librdkafka properties applied to every client after ordersaga's own:
+    /// the security settings, then KAFKA_EXTRA_CONFIG.
+    pub extra: ClientProperties,
+}
+
+/// librdkafka properties; the values of secret ones (passwords, keys,
+/// tokens) never show in `Debug` output, so settings can be logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientProperties(pub Vec<(String, String)>);
+
+impl ClientProperties {
+    fn is_secret(key: &str) -> bool {
+        ["password", "secret", "jaas", "token", ".pem", "key"]
+            .iter()
+            .any(|s| key.contains(s))
+    }
+}
+
+impl std::ops::Deref for ClientProperties {
+    type Target = [(String, String)];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClientProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if Self::is_secret(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
 }
 
 impl KafkaSettings {
@@ -86,7 +122,7 @@ impl KafkaSettings {
             // back from a restart waited up to 10 s more for its clients (seen in
             // `make drill`); a try a second costs a refused connection, no more.
             .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter() {
             c.set(k, v);
         }
         c
@@ -118,6 +154,21 @@ pub fn parse_extra_config(input: &str) -> Result<Vec<(String, String)>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_properties_never_show_in_debug_output() {
+        let p = ClientProperties(vec![
+            ("security.protocol".into(), "SASL_SSL".into()),
+            ("sasl.password".into(), "hunter2".into()),
+            ("ssl.key.password".into(), "k3y".into()),
+            ("sasl.oauthbearer.client.secret".into(), "s3cret".into()),
+        ]);
+        let shown = format!("{p:?}");
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+        for secret in ["hunter2", "k3y", "s3cret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
 
     #[test]
     fn extra_config_parses_pairs() {

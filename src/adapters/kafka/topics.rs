@@ -2,17 +2,99 @@
 //! partitions to those that have fewer than configured.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use super::KafkaSettings;
+use crate::adapters::Refused;
 use crate::application::messages::Topic;
+
+/// The admin client's context: logs librdkafka's errors as usual and keeps
+/// the last one that says the brokers refused this client for good (a
+/// certificate that did not verify, credentials refused).
+#[derive(Default)]
+struct Refusals {
+    last: Mutex<Option<String>>,
+}
+
+impl ClientContext for Refusals {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        let refused = matches!(
+            code,
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
+        ) || reason.contains("SSL handshake failed")
+            || reason.contains("certificate verify failed")
+            // The broker ended the handshake: our certificate is missing or not trusted.
+            || reason.contains("ssl/tls alert");
+        if refused {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        }
+        DefaultClientContext.error(error, reason);
+    }
+}
+
+/// It only reads metadata; it never produces.
+impl ProducerContext for Refusals {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+impl Refusals {
+    fn refused(&self, brokers: &str) -> Option<Refused> {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|reason| {
+                Refused(format!(
+                    "Kafka at {brokers} refused the connection: {reason}"
+                ))
+            })
+    }
+}
+
+/// The topics on the brokers and their partition counts. Read with a client
+/// of its own that is polled for librdkafka's error events, so that a refusal
+/// (a certificate, credentials) comes back as a [`Refused`] naming Kafka.
+async fn read_topics(settings: &KafkaSettings) -> anyhow::Result<HashMap<String, usize>> {
+    let probe: BaseProducer<Refusals> = settings
+        .base_config("ordersaga-admin")
+        .create_with_context(Refusals::default())
+        .context("cannot create the Kafka client")?;
+    let brokers = settings.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let read = probe
+            .client()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .filter(|t| t.error().is_none())
+                    .map(|t| (t.name().to_owned(), t.partitions().len()))
+                    .collect()
+            });
+        read.map_err(|e| {
+            // Serve the error events librdkafka queued meanwhile (the reason is in them).
+            probe.poll(Duration::from_millis(100));
+            match probe.context().refused(&brokers) {
+                Some(refused) => anyhow::Error::new(refused),
+                None => anyhow::Error::new(e).context(format!(
+                    "cannot read topic metadata from the Kafka brokers at {brokers}"
+                )),
+            }
+        })
+    })
+    .await?
+}
 
 /// Makes every topic of the protocol exist with at least the configured
 /// number of partitions. Safe to call from every process, at any time: it
@@ -20,34 +102,11 @@ use crate::application::messages::Topic;
 /// broker that lost its data, or that created a topic on its own with its
 /// default partition count). Returns how many topics it created or grew.
 pub async fn ensure_topics(settings: &KafkaSettings) -> anyhow::Result<usize> {
-    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        settings
-            .base_config("ordersaga-admin")
-            .create()
-            .context("cannot create the Kafka admin client")?,
-    );
-    let present: HashMap<String, usize> = {
-        let admin = admin.clone();
-        tokio::task::spawn_blocking(move || {
-            admin
-                .inner()
-                .fetch_metadata(None, Duration::from_secs(5))
-                .map(|md| {
-                    md.topics()
-                        .iter()
-                        .filter(|t| t.error().is_none())
-                        .map(|t| (t.name().to_owned(), t.partitions().len()))
-                        .collect()
-                })
-        })
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot read topic metadata from the Kafka brokers at {}",
-                settings.brokers
-            )
-        })?
-    };
+    let present = read_topics(settings).await?;
+    let admin: AdminClient<DefaultClientContext> = settings
+        .base_config("ordersaga-admin")
+        .create()
+        .context("cannot create the Kafka admin client")?;
     let wanted = settings.partitions.max(1) as usize;
     let names: Vec<String> = Topic::ALL.iter().map(|t| settings.topic(*t)).collect();
     let options = AdminOptions::new()

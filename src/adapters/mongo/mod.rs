@@ -17,6 +17,7 @@ use mongodb::options::{
 use mongodb::{Client, Collection, IndexModel};
 use uuid::Uuid;
 
+use super::Refused;
 use crate::application::ports::{EventLog, EventLogError, EventRecord};
 use crate::domain::OrderId;
 
@@ -34,6 +35,8 @@ pub struct MongoSettings {
 #[derive(Clone)]
 pub struct MongoEventLog {
     events: Collection<Document>,
+    /// Where the servers are, for messages (never the credentials).
+    hosts: String,
 }
 
 impl MongoEventLog {
@@ -47,6 +50,12 @@ impl MongoEventLog {
             .get_or_insert(settings.timeout);
         options.connect_timeout.get_or_insert(settings.timeout);
         options.app_name.get_or_insert_with(|| "ordersaga".into());
+        let hosts = options
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let client = Client::with_options(options).context("cannot build the MongoDB client")?;
         // Journaled writes: an acknowledged event survives a crash of the server,
         // so the relay may mark it logged (an unjournaled ack can be lost).
@@ -61,7 +70,31 @@ impl MongoEventLog {
         let events = client
             .database(&settings.database)
             .collection_with_options::<Document>(EVENTS_COLLECTION, durable);
-        Ok(Self { events })
+        Ok(Self { events, hosts })
+    }
+
+    /// Asks the server once, at start: a certificate that does not verify or
+    /// refused credentials stop start-up with a [`Refused`] naming MongoDB;
+    /// an unreachable server does not (the event log catches up later).
+    pub async fn check(&self) -> anyhow::Result<()> {
+        let ping = self
+            .events
+            .client()
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
+            .await;
+        match ping {
+            Ok(_) => Ok(()),
+            Err(e) if refused(&e) => Err(Refused(format!(
+                "MongoDB at {} refused the connection: {e}",
+                self.hosts
+            ))
+            .into()),
+            Err(e) => {
+                tracing::warn!(error = %e, hosts = %self.hosts, "MongoDB does not answer yet; the event log will catch up when it does");
+                Ok(())
+            }
+        }
     }
 
     /// Creates the index on order id (and sequence) if missing. Idempotent.
@@ -115,6 +148,25 @@ fn from_document(d: Document) -> anyhow::Result<EventRecord> {
             .into_relaxed_extjson(),
         at,
     })
+}
+
+/// Whether MongoDB refused this client for good: credentials, or a TLS
+/// certificate that does not verify (the driver reports those inside its
+/// server selection error, as text).
+fn refused(e: &MongoError) -> bool {
+    if matches!(*e.kind, ErrorKind::Authentication { .. }) {
+        return true;
+    }
+    let text = e.to_string();
+    [
+        "certificate",
+        "UnknownIssuer",
+        "InvalidCertificate",
+        "tls handshake",
+        "Authentication failed",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 fn classify(e: MongoError) -> EventLogError {

@@ -7,33 +7,42 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// The receiving end, shared by the writers.
-pub(super) type Jobs<J> = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<J>>>;
+pub(super) type Jobs<J> = Arc<tokio::sync::Mutex<mpsc::Receiver<J>>>;
 
-/// Jobs waiting for a writer. The writers start with the first job (inside
-/// the runtime) and stop when the queue is dropped.
+/// Jobs waiting for a writer, at most `capacity` of them. The writers start
+/// with the first job (inside the runtime) and stop when the queue is dropped.
 pub(super) struct GroupQueue<J> {
-    jobs: mpsc::UnboundedSender<J>,
-    idle: Mutex<Option<mpsc::UnboundedReceiver<J>>>,
+    jobs: mpsc::Sender<J>,
+    idle: Mutex<Option<mpsc::Receiver<J>>>,
+}
+
+/// Why a job was not queued; the job comes back.
+pub(super) enum NotQueued<J> {
+    /// `capacity` jobs are already waiting.
+    Full(J),
+    /// The writers have stopped.
+    Stopped(J),
 }
 
 impl<J> GroupQueue<J> {
-    pub(super) fn new() -> Self {
-        let (jobs, rx) = mpsc::unbounded_channel();
+    pub(super) fn new(capacity: usize) -> Self {
+        let (jobs, rx) = mpsc::channel(capacity.max(1));
         Self {
             jobs,
             idle: Mutex::new(Some(rx)),
         }
     }
 
-    /// Queues `job`; the first call hands the receiving end to `start`, which
-    /// spawns the writers. Gives the job back if the writers have stopped.
-    pub(super) fn submit(&self, job: J, start: impl FnOnce(Jobs<J>)) -> Result<(), J> {
+    /// Queues `job` unless the queue is full; the first call hands the
+    /// receiving end to `start`, which spawns the writers.
+    pub(super) fn submit(&self, job: J, start: impl FnOnce(Jobs<J>)) -> Result<(), NotQueued<J>> {
         if let Some(rx) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take() {
             start(Arc::new(tokio::sync::Mutex::new(rx)));
         }
-        self.jobs
-            .send(job)
-            .map_err(|mpsc::error::SendError(job)| job)
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(job) => NotQueued::Full(job),
+            mpsc::error::TrySendError::Closed(job) => NotQueued::Stopped(job),
+        })
     }
 }
 

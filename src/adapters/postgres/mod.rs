@@ -16,6 +16,7 @@ use sqlx::{PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::Refused;
 use crate::application::messages::OutboundMessage;
 use crate::application::ports::StoreError;
 
@@ -30,8 +31,9 @@ const OUTBOX_CHANNEL: &str = "ordersaga_outbox";
 /// NOTIFY stands for many commits, and a relay that is busy does not need them.
 const ANNOUNCE_GAP: Duration = Duration::from_millis(10);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgSettings {
+    /// The connection URL; may hold a password, so it is never printed whole.
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
@@ -41,6 +43,60 @@ pub struct PgSettings {
     pub saga_batch_max: usize,
     /// New orders inserted at once before they queue for group commit.
     pub order_writers: usize,
+    /// Orders waiting for an order writer, at most; past that `place` answers
+    /// overloaded instead of queueing more.
+    pub order_queue_max: usize,
+    /// PostgreSQL's `statement_timeout` for every connection of the pool.
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("url", &display_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("saga_writers", &self.saga_writers)
+            .field("saga_batch_max", &self.saga_batch_max)
+            .field("order_writers", &self.order_writers)
+            .field("order_queue_max", &self.order_queue_max)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+/// Where a PostgreSQL URL points, for messages and logs: `host:port/database`,
+/// never the user's password.
+pub fn display_url(url: &str) -> String {
+    match url.parse::<PgConnectOptions>() {
+        Ok(o) => format!(
+            "{}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("")
+        ),
+        Err(_) => "(an unparsable DATABASE_URL)".into(),
+    }
+}
+
+/// Turns a connection failure into an error that names PostgreSQL and where
+/// it is; a certificate that does not verify or refused credentials become a
+/// [`Refused`], which start-up does not retry.
+fn connect_error(url: &str, e: sqlx::Error) -> anyhow::Error {
+    let at = display_url(url);
+    let refused = match &e {
+        sqlx::Error::Tls(_) => true,
+        // rustls's verdict on the server's certificate arrives as an I/O error.
+        sqlx::Error::Io(io) => io.to_string().contains("invalid peer certificate"),
+        // 28000 invalid_authorization_specification, 28P01 invalid_password.
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("28000" | "28P01")),
+        _ => false,
+    };
+    if refused {
+        Refused(format!("PostgreSQL at {at} refused the connection: {e}")).into()
+    } else {
+        anyhow::Error::new(e).context(format!("cannot reach PostgreSQL at {at}"))
+    }
 }
 
 impl PgSettings {
@@ -49,6 +105,8 @@ impl PgSettings {
     /// One: on a 2-core machine a second concurrent insert cost PostgreSQL
     /// a quarter more CPU per order and accepted no more (docs/performance.md).
     pub const DEFAULT_ORDER_WRITERS: usize = 1;
+    pub const DEFAULT_ORDER_QUEUE_MAX: usize = 10_000;
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// Wakes the relays after a commit that wrote outbox rows.
@@ -143,13 +201,30 @@ impl PgStore {
             .url
             .parse()
             .with_context(|| "DATABASE_URL is not a valid PostgreSQL URL".to_string())?;
+        let timeout = settings.statement_timeout.as_millis().to_string();
+        let options = options.options([("statement_timeout", timeout.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options);
         Ok(Self::from_pool(pool)
             .with_saga_writers(settings.saga_writers, settings.saga_batch_max)
-            .with_order_writers(settings.order_writers))
+            .with_order_writers(settings.order_writers, settings.order_queue_max))
+    }
+
+    /// Connects once, to fail at start with a clear message when PostgreSQL
+    /// refuses this process (see [`Refused`]) or cannot be reached.
+    pub async fn check(&self, url: &str) -> anyhow::Result<()> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| connect_error(url, e))?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| connect_error(url, e))?;
+        Ok(())
     }
 
     /// A store on `pool`, with the default saga writers.
@@ -161,7 +236,10 @@ impl PgStore {
                 PgSettings::DEFAULT_SAGA_WRITERS,
                 PgSettings::DEFAULT_SAGA_BATCH_MAX,
             )),
-            inserts: Arc::new(orders::InsertQueue::new(PgSettings::DEFAULT_ORDER_WRITERS)),
+            inserts: Arc::new(orders::InsertQueue::new(
+                PgSettings::DEFAULT_ORDER_WRITERS,
+                PgSettings::DEFAULT_ORDER_QUEUE_MAX,
+            )),
         }
     }
 
@@ -176,8 +254,8 @@ impl PgStore {
 
     /// The same store inserting up to `writers` new orders at once before
     /// they queue, and then `writers` at a time in groups (`orders.rs`).
-    pub fn with_order_writers(mut self, writers: usize) -> Self {
-        self.inserts = Arc::new(orders::InsertQueue::new(writers));
+    pub fn with_order_writers(mut self, writers: usize, queue_max: usize) -> Self {
+        self.inserts = Arc::new(orders::InsertQueue::new(writers, queue_max));
         self
     }
 
@@ -225,18 +303,18 @@ impl PgStore {
     pub async fn migrate(url: &str) -> anyhow::Result<()> {
         if !Postgres::database_exists(url)
             .await
-            .context("cannot reach PostgreSQL at DATABASE_URL")?
+            .map_err(|e| connect_error(url, e))?
         {
             Postgres::create_database(url)
                 .await
-                .context("cannot create the database named in DATABASE_URL")?;
-            tracing::info!("created database");
+                .with_context(|| format!("cannot create the database {}", display_url(url)))?;
+            tracing::info!(database = %display_url(url), "created database");
         }
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .connect(url)
             .await
-            .context("cannot connect to PostgreSQL")?;
+            .map_err(|e| connect_error(url, e))?;
         MIGRATOR.run(&pool).await.context("migration failed")?;
         pool.close().await;
         Ok(())

@@ -16,7 +16,7 @@ use crate::application::ports::{
 };
 use crate::domain::{Installment, Money, NewOrder, Order, OrderId, UserId};
 
-use super::group::{GroupQueue, Jobs, next_batch};
+use super::group::{GroupQueue, Jobs, NotQueued, next_batch};
 use super::{PgStore, Wake, classify, column, corrupt};
 
 pub(super) const ORDER_COLUMNS: &str =
@@ -146,10 +146,10 @@ pub(super) struct InsertQueue {
 }
 
 impl InsertQueue {
-    pub(super) fn new(writers: usize) -> Self {
+    pub(super) fn new(writers: usize, queue_max: usize) -> Self {
         Self {
             running: Arc::default(),
-            queue: GroupQueue::new(),
+            queue: GroupQueue::new(queue_max),
             writers: writers.max(1),
         }
     }
@@ -172,10 +172,18 @@ impl InsertQueue {
                 tokio::spawn(insert_loop(pool, wake, running, jobs.clone()));
             }
         };
-        if let Err(job) = self.queue.submit(job, start) {
-            let _ = job.done.send(Err(StoreError::Other(anyhow::anyhow!(
-                "the order writers have stopped"
-            ))));
+        match self.queue.submit(job, start) {
+            Ok(()) => {}
+            Err(NotQueued::Full(job)) => {
+                let _ = job.done.send(Err(StoreError::Overloaded(
+                    "too many new orders waiting to be stored".into(),
+                )));
+            }
+            Err(NotQueued::Stopped(job)) => {
+                let _ = job.done.send(Err(StoreError::Other(anyhow::anyhow!(
+                    "the order writers have stopped"
+                ))));
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::application::ports::{
 };
 use crate::domain::{Order, OrderId, Saga};
 
-use super::group::{GroupQueue, Jobs, next_batch};
+use super::group::{GroupQueue, Jobs, NotQueued, next_batch};
 use super::orders::{ORDER_COLUMNS, OrderRow};
 use super::{PgStore, Wake, classify, column, corrupt};
 
@@ -96,7 +96,9 @@ pub(super) struct SagaQueue {
 impl SagaQueue {
     pub(super) fn new(writers: usize, batch_max: usize) -> Self {
         Self {
-            queue: GroupQueue::new(),
+            // Decisions come from consumers (a few dozen messages in flight
+            // each) and the sweeper: this bound is never reached in normal work.
+            queue: GroupQueue::new(writers.max(1) * batch_max.max(1) * 16),
             writers: writers.max(1),
             batch_max: batch_max.max(1),
         }
@@ -113,10 +115,18 @@ impl SagaQueue {
                 tokio::spawn(writer.run(jobs.clone()));
             }
         };
-        if let Err(job) = self.queue.submit(job, start) {
-            let _ = job.done.send(Err(StoreError::Other(anyhow::anyhow!(
-                "the saga writers have stopped"
-            ))));
+        match self.queue.submit(job, start) {
+            Ok(()) => {}
+            Err(NotQueued::Full(job)) => {
+                let _ = job.done.send(Err(StoreError::Overloaded(
+                    "too many saga decisions waiting for a writer".into(),
+                )));
+            }
+            Err(NotQueued::Stopped(job)) => {
+                let _ = job.done.send(Err(StoreError::Other(anyhow::anyhow!(
+                    "the saga writers have stopped"
+                ))));
+            }
         }
     }
 }
