@@ -30,7 +30,7 @@ test-integration: stack-up ## Integration and end-to-end tests against the local
 test-e2e: stack-up ## The cucumber scenarios in features/ against the whole system
 	$(WITH_STACK) cargo test --test cucumber
 
-drill: stack-up ## Reliability drill: kill every component, kill and wipe the broker, stop MongoDB and the user API, under load
+drill: stack-up ## Reliability drill: kill every component, kill and wipe the broker, stop MongoDB and the user API, besiege the API, under load
 	$(WITH_STACK) cargo test --test drill -- $(DRILL_ARGS)
 
 bench: stack-up ## Measure a release `ordersaga all` against PostgreSQL and Kafka floors (docs/performance.md)
@@ -68,8 +68,16 @@ lint: ## Check formatting and clippy (warnings are errors)
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --test drill -- -D warnings
 
-compose-up: ## Run everything with Docker Compose (needs a Docker engine)
+compose-up: .env ## Run everything with Docker Compose (needs a Docker engine); credentials in .env
 	docker compose up -d --build
+
+# Random credentials for Compose, written once (docker-compose.yml refuses to start without them).
+.env:
+	@umask 077; { echo "# Written by make compose-up; see .env.example."; \
+	  echo "POSTGRES_PASSWORD=$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"; \
+	  echo "MONGO_PASSWORD=$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"; \
+	  echo "ORDERSAGA_API_KEYS=$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"; } >$@
+	@echo "compose: wrote $@ with random credentials; your API key is in it (ORDERSAGA_API_KEYS)"
 
 compose-down: ## Stop the Docker Compose stack
 	docker compose down

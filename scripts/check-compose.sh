@@ -8,10 +8,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf 'check-compose: %s\n' "$*" >&2; }
 
+# The credentials come from .env; the example stands in for it here.
 if docker compose version >/dev/null 2>&1; then
-  docker compose -f docker-compose.yml config --quiet
+  docker compose --env-file .env.example -f docker-compose.yml config --quiet
 elif command -v docker-compose >/dev/null; then
-  docker-compose -f docker-compose.yml config --quiet
+  docker-compose --env-file .env.example -f docker-compose.yml config --quiet
 else
   log "SKIPPED: no Compose client (docker compose plugin or apt-get install docker-compose)"
   exit 0

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::adapters::http::{ApiKeys, Bounds};
 use crate::adapters::kafka::{ClientProperties, KafkaSettings, parse_extra_config};
 use crate::adapters::mongo::MongoSettings;
 use crate::adapters::postgres::PgSettings;
@@ -285,6 +286,58 @@ pub struct HttpArgs {
     /// PROCESSING, so the queue never outgrows the saga's deadlines; 0: never.
     #[arg(long, env = "API_MAX_PROCESSING", default_value_t = DEFAULT_MAX_PROCESSING)]
     pub api_max_processing: u64,
+    /// Longest a request may take before it is answered 503 timeout, in ms.
+    #[arg(long, env = "API_REQUEST_TIMEOUT_MS", default_value_t = Bounds::default().request_timeout.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_request_timeout_ms: u64,
+    /// Requests handled at once; past that 503 overloaded (Retry-After: 1).
+    #[arg(long, env = "API_MAX_IN_FLIGHT", default_value_t = Bounds::default().max_in_flight as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub api_max_in_flight: u32,
+    /// Live-page streams (/ui/stream) open at once; past that 503 overloaded.
+    #[arg(long, env = "UI_STREAM_MAX", default_value_t = Bounds::default().max_streams as u32, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub ui_stream_max: u32,
+}
+
+impl HttpArgs {
+    /// Sets the API's part of a run's settings.
+    fn apply(&self, s: &mut Settings) {
+        s.http_addr = SocketAddr::new(self.host, self.port);
+        s.idempotency_ttl = chrono::Duration::hours(self.idempotency_key_ttl_hours.into());
+        s.max_processing = self.api_max_processing;
+        s.bounds = Bounds {
+            request_timeout: ms(self.api_request_timeout_ms),
+            max_in_flight: self.api_max_in_flight as usize,
+            max_streams: self.ui_stream_max as usize,
+        };
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Access")]
+pub struct AuthArgs {
+    /// API keys, comma-separated. With any key set, /api/*, the live page's
+    /// stream and /metrics need `Authorization: Bearer <key>`; /health stays
+    /// open. Without keys every route is open (a warning says so at start).
+    #[arg(long, env = "API_KEYS", default_value = "", hide_env_values = true)]
+    pub api_keys: String,
+    /// A file of API keys, one per line (lines starting with # are skipped); added to API_KEYS.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// With API keys: /metrics needs a key and /ready shows its checks only to
+    /// a caller with one. false leaves both open (a scraper without a key).
+    #[arg(long, env = "OPS_REQUIRE_KEY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ops_require_key: bool,
+}
+
+impl AuthArgs {
+    fn apply(&self, s: &mut Settings) -> Result<(), String> {
+        let mut list = self.api_keys.clone();
+        if let Some(path) = &self.api_keys_file {
+            list.push('\n');
+            list.push_str(&secret("", Some(path), "API_KEYS_FILE")?);
+        }
+        s.api_keys = ApiKeys::parse(&list, self.ops_require_key);
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -408,13 +461,16 @@ pub struct OpsArgs {
     /// Address that port listens on.
     #[arg(long, env = "OPS_HOST", default_value = "0.0.0.0")]
     pub ops_host: IpAddr,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 impl OpsArgs {
-    fn apply(&self, s: &mut Settings) {
+    fn apply(&self, s: &mut Settings) -> Result<(), String> {
         s.ops_addr = self
             .ops_port
             .map(|port| SocketAddr::new(self.ops_host, port));
+        self.auth.apply(s)
     }
 }
 
@@ -438,6 +494,8 @@ pub struct AllArgs {
     pub mongo: MongoArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     #[command(flatten)]
     pub saga: SagaArgs,
     #[command(flatten)]
@@ -465,6 +523,8 @@ pub struct ApiArgs {
     pub mongo: MongoArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     #[command(flatten)]
     pub embedded: EmbeddedRelay,
     #[command(flatten)]
@@ -837,10 +897,8 @@ impl Command {
                 a.db.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings()?;
-                s.http_addr = SocketAddr::new(a.http.host, a.http.port);
-                s.idempotency_ttl =
-                    chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
-                s.max_processing = a.http.api_max_processing;
+                a.http.apply(&mut s);
+                a.auth.apply(&mut s)?;
                 a.saga.apply(&mut s);
                 s.user_api = a.user_api.settings(if a.user_api_stub {
                     a.stub.user_api_port
@@ -857,10 +915,8 @@ impl Command {
                 a.db.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings()?;
-                s.http_addr = SocketAddr::new(a.http.host, a.http.port);
-                s.idempotency_ttl =
-                    chrono::Duration::hours(a.http.idempotency_key_ttl_hours.into());
-                s.max_processing = a.http.api_max_processing;
+                a.http.apply(&mut s);
+                a.auth.apply(&mut s)?;
                 s.relay = a.relay.settings();
                 (
                     Roles {
@@ -873,7 +929,7 @@ impl Command {
             }
             Command::Orchestrator(a) => {
                 let mut s = base(&a.shutdown);
-                a.ops.apply(&mut s);
+                a.ops.apply(&mut s)?;
                 a.db.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings()?;
@@ -890,7 +946,7 @@ impl Command {
             }
             Command::UserValidator(a) => {
                 let mut s = base(&a.shutdown);
-                a.ops.apply(&mut s);
+                a.ops.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
                 s.user_api = a.user_api.settings(8001);
                 (
@@ -903,7 +959,7 @@ impl Command {
             }
             Command::BalanceValidator(a) => {
                 let mut s = base(&a.shutdown);
-                a.ops.apply(&mut s);
+                a.ops.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
                 s.balance_limit = a.balance.balance_limit;
                 (
@@ -916,7 +972,7 @@ impl Command {
             }
             Command::Relay(a) => {
                 let mut s = base(&a.shutdown);
-                a.ops.apply(&mut s);
+                a.ops.apply(&mut s)?;
                 a.db.apply(&mut s)?;
                 a.kafka.apply(&mut s)?;
                 s.mongo = a.mongo.settings()?;

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::Refused;
-use crate::adapters::http::{self, AppState};
+use crate::adapters::http::{self, ApiKeys, AppState, Bounds};
 use crate::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
 use crate::adapters::mongo::{MongoEventLog, MongoSettings};
 use crate::adapters::postgres::{PgSettings, PgStore};
@@ -89,6 +89,10 @@ pub struct Settings {
     pub idempotency_ttl: chrono::Duration,
     /// PROCESSING orders at which the API refuses new ones (0: never).
     pub max_processing: u64,
+    /// The API's request timeout, in-flight limit and live-page stream cap.
+    pub bounds: Bounds,
+    /// Keys callers must present (none: every route open).
+    pub api_keys: ApiKeys,
     pub saga: SagaPolicy,
     pub sweep_interval: Duration,
     pub start_grace: chrono::Duration,
@@ -148,6 +152,8 @@ impl Default for Settings {
             ops_addr: None,
             idempotency_ttl: chrono::Duration::hours(24),
             max_processing: DEFAULT_MAX_PROCESSING,
+            bounds: Bounds::default(),
+            api_keys: ApiKeys::default(),
             saga: SagaPolicy::default(),
             sweep_interval: Duration::from_millis(250),
             start_grace: chrono::Duration::seconds(5),
@@ -479,10 +485,20 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             )
             .with_admission(admission),
         );
-        let app = http::router(AppState {
-            orders,
-            readiness: readiness.clone(),
-        });
+        if settings.api_keys.enabled() {
+            tracing::info!(
+                keys = settings.api_keys.len(),
+                "API keys configured: /api/* and the live page's stream need Authorization: Bearer <key>"
+            );
+        } else {
+            tracing::warn!(
+                "no API keys configured (API_KEYS, API_KEYS_FILE): every order, the live page and /metrics are open to anyone who reaches the port"
+            );
+        }
+        let state = AppState::new(orders, readiness.clone())
+            .with_keys(settings.api_keys.clone())
+            .with_stream_cap(settings.bounds.max_streams);
+        let app = http::router(state, &settings.bounds);
         let server = Server {
             name: "api",
             what: "the API (HOST/PORT)",
@@ -506,7 +522,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             name: "ops",
             what: "/health, /ready and /metrics (OPS_HOST/OPS_PORT)",
         };
-        let app = http::ops_router(readiness.clone());
+        let app = http::ops_router(readiness.clone(), settings.api_keys.clone());
         ops_addr = Some(
             server
                 .spawn(&mut tasks, addr, app, &shutdown, settings.shutdown_timeout)

@@ -2,7 +2,8 @@
 //! a load of orders, and breaks something in each phase: every component is
 //! killed with SIGKILL and restarted in turn, then the Kafka broker is killed
 //! (and restarted with its data) and wiped (restarted empty), and MongoDB and
-//! the user API are stopped for a while. After each phase it checks that every
+//! the user API are stopped for a while, and a crowd of slow clients and
+//! live-page streams besieges the API. After each phase it checks that every
 //! accepted order settled exactly once with the right status and that the
 //! MongoDB event log agrees with PostgreSQL, and prints a table of figures.
 //! Exits non-zero on any loss, duplicate, stuck or wrong order.
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::{Api, Launcher, PrivateServer, Process, SystemEnv, eventually};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::doc;
 use tokio::sync::Semaphore;
 
@@ -39,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     settle_secs: u64,
     /// Run only these phases (comma-separated): api, relay, orchestrator, user-validator,
-    /// balance-validator, broker-kill, broker-wipe, mongodb, user-api.
+    /// balance-validator, broker-kill, broker-wipe, mongodb, user-api, crowd.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Arguments cargo's test runner may pass (ignored).
@@ -85,7 +86,15 @@ enum Fault {
     BrokerWipe,
     MongoDb,
     UserApi,
+    /// While the orders are sent: `CROWD_STREAMS` live-page streams and
+    /// `CROWD_SLOW` clients that never finish their request bodies.
+    Crowd,
 }
+
+/// Live-page streams the crowd opens (the API serves `UI_STREAM_MAX`, 100).
+const CROWD_STREAMS: usize = 500;
+/// Clients of the crowd that send their request bodies too slowly.
+const CROWD_SLOW: usize = 50;
 
 impl Fault {
     fn label(&self) -> String {
@@ -95,6 +104,7 @@ impl Fault {
             Fault::BrokerWipe => "broker wiped".into(),
             Fault::MongoDb => "MongoDB down".into(),
             Fault::UserApi => "user API down".into(),
+            Fault::Crowd => format!("crowd ({CROWD_SLOW} slow, {CROWD_STREAMS} SSE)"),
         }
     }
 
@@ -106,6 +116,7 @@ impl Fault {
             Fault::BrokerWipe => "broker-wipe",
             Fault::MongoDb => "mongodb",
             Fault::UserApi => "user-api",
+            Fault::Crowd => "crowd",
         }
     }
 
@@ -163,6 +174,80 @@ struct Row {
     recovered_ms: Option<i64>,
     /// "expected → got" for each kind of wrong outcome, with counts.
     wrong_kinds: HashMap<String, usize>,
+}
+
+#[derive(Debug, Default)]
+struct CrowdReport {
+    streams_served: usize,
+    streams_refused: usize,
+    slow_timed_out: usize,
+}
+
+/// Besieges the API for `lasting`: `CROWD_STREAMS` clients open the live
+/// page's stream and keep reading it, `CROWD_SLOW` clients start orders whose
+/// bodies never finish (and start again when answered).
+async fn crowd(api: &Api, lasting: Duration) -> CrowdReport {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let streams: Vec<_> = (0..CROWD_STREAMS)
+        .map(|_| {
+            let (api, stop) = (api.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut r = api.http.get(api.url("/ui/stream")).send().await.ok()?;
+                let status = r.status().as_u16();
+                if status == 200 {
+                    while !stop.is_cancelled() {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            chunk = r.chunk() => if !matches!(chunk, Ok(Some(_))) { break },
+                        }
+                    }
+                }
+                Some(status)
+            })
+        })
+        .collect();
+    let slow: Vec<_> = (0..CROWD_SLOW)
+        .map(|_| {
+            let (api, stop) = (api.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut timed_out = 0;
+                while !stop.is_cancelled() {
+                    let body = futures::stream::once(async {
+                        Ok::<_, std::io::Error>(b"value=1".to_vec())
+                    })
+                    .chain(futures::stream::pending());
+                    let sent = api
+                        .http
+                        .post(api.url("/api/orders"))
+                        .header("Content-Type", "application/x-www-form-urlencoded")
+                        .body(reqwest::Body::wrap_stream(body))
+                        .send();
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        r = sent => match r {
+                            Ok(r) if r.status() == 503 => timed_out += 1,
+                            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                        },
+                    }
+                }
+                timed_out
+            })
+        })
+        .collect();
+    tokio::time::sleep(lasting).await;
+    stop.cancel();
+    let mut report = CrowdReport::default();
+    for s in streams {
+        match s.await.ok().flatten() {
+            Some(200) => report.streams_served += 1,
+            Some(503) => report.streams_refused += 1,
+            _ => {}
+        }
+    }
+    for s in slow {
+        report.slow_timed_out += s.await.unwrap_or(0);
+    }
+    report
 }
 
 /// Sends orders `range` at `rate`, with at most 32 in flight; returns the accepted ids by number.
@@ -462,6 +547,8 @@ async fn main() {
         .set("USER_API_RETRIES", 1)
         .set("KAFKA_MESSAGE_TIMEOUT_MS", 5000)
         .set("MONGODB_TIMEOUT_MS", 2000)
+        // The crowd's slow clients are answered 503 timeout after this.
+        .set("API_REQUEST_TIMEOUT_MS", 3000)
         .set(
             "RUST_LOG",
             std::env::var("DRILL_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -515,6 +602,7 @@ async fn main() {
         Fault::BrokerWipe,
         Fault::MongoDb,
         Fault::UserApi,
+        Fault::Crowd,
     ]
     .into_iter()
     .filter(|f| args.only.is_empty() || args.only.iter().any(|o| *o == f.name()))
@@ -527,6 +615,8 @@ async fn main() {
     // Components that exited without being killed, and orders refused where none should be.
     let mut exited: Vec<String> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
+    // Bounds that did not hold under the crowd.
+    let mut bounds: Vec<String> = Vec::new();
     for (i, fault) in faults.iter().enumerate() {
         let range = i * per_phase..if i + 1 == faults.len() {
             args.orders
@@ -591,6 +681,21 @@ async fn main() {
                 tokio::time::sleep(outage).await;
                 stack.start("user-api");
                 back_at = Some(chrono::Utc::now());
+            }
+            Fault::Crowd => {
+                let report = crowd(&api, outage).await;
+                println!(
+                    "  crowd: {} streams served, {} refused (503 overloaded); {} slow requests answered 503 timeout",
+                    report.streams_served, report.streams_refused, report.slow_timed_out
+                );
+                if report.streams_served == 0 || report.streams_refused == 0 {
+                    bounds.push(format!(
+                        "the stream cap did not hold in phase {}: {} served, {} refused",
+                        i + 1,
+                        report.streams_served,
+                        report.streams_refused
+                    ));
+                }
             }
         }
         if matches!(fault, Fault::Kill("api")) {
@@ -676,10 +781,14 @@ async fn main() {
             refused.join(", ")
         );
     }
+    if !bounds.is_empty() {
+        println!("bounds that did not hold: {}", bounds.join(", "));
+    }
     let failed = total.lost + total.duplicated + total.stuck + total.wrong > 0
         || log.is_err()
         || !exited.is_empty()
-        || !refused.is_empty();
+        || !refused.is_empty()
+        || !bounds.is_empty();
     // Processes, private servers and databases go before the exit.
     drop(stack);
     if failed {

@@ -10,9 +10,46 @@ use clap::{CommandFactory, Parser};
 use ordersaga::config::Cli;
 use serde_yaml_ng::Value;
 
-fn compose() -> Value {
+/// The values `.env.example` gives the `${NAME...}` references of the file,
+/// as Compose substitutes them from `.env`.
+fn example_env() -> BTreeMap<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
+    std::fs::read_to_string(path)
+        .expect(".env.example is readable")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Replaces every `${NAME}`, `${NAME:?message}` and `${NAME:-default}` with
+/// NAME's value in `.env.example`; a name it lacks is a failure.
+fn substitute(text: &str) -> String {
+    let env = example_env();
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("a closing brace") + start;
+        let name = rest[start + 2..end].split([':', '-', '?']).next().unwrap();
+        let value = env.get(name).unwrap_or_else(|| {
+            panic!("docker-compose.yml uses ${{{name}}}, which .env.example lacks")
+        });
+        out.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn compose_text() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml");
-    let text = std::fs::read_to_string(path).expect("docker-compose.yml is readable");
+    std::fs::read_to_string(path).expect("docker-compose.yml is readable")
+}
+
+fn compose() -> Value {
+    let text = substitute(&compose_text());
     let mut doc: Value = serde_yaml_ng::from_str(&text).expect("docker-compose.yml is YAML");
     doc.apply_merge().expect("merge keys resolve");
     doc
@@ -186,4 +223,56 @@ fn the_kafka_service_runs_kraft_and_the_topic_job_creates_every_topic() {
             topic.name()
         );
     }
+}
+
+#[test]
+fn the_compose_stack_keeps_its_secrets_in_env_its_data_in_volumes_and_its_ports_on_loopback() {
+    let text = compose_text();
+    for needed in ["POSTGRES_PASSWORD", "MONGO_PASSWORD", "ORDERSAGA_API_KEYS"] {
+        assert!(
+            text.contains(&format!("${{{needed}:?")),
+            "{needed} must come from .env, and Compose must refuse to start without it"
+        );
+    }
+    let doc = compose();
+    let services = services(&doc);
+    for (name, service) in &services {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface"
+            );
+        }
+    }
+    let volumes: Vec<&str> = doc["volumes"]
+        .as_mapping()
+        .expect("named volumes")
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    for (service, mount) in [
+        ("postgres", "/var/lib/postgresql/data"),
+        ("mongo", "/data/db"),
+        ("kafka", "/var/lib/kafka/data"),
+    ] {
+        let mounts = serde_yaml_ng::to_string(&services[service]["volumes"]).unwrap();
+        assert!(
+            volumes
+                .iter()
+                .any(|v| mounts.contains(&format!("{v}:{mount}"))),
+            "{service} keeps {mount} in a named volume: {mounts}"
+        );
+    }
+    let mongo = environment(&services["mongo"]);
+    assert!(
+        mongo.contains_key("MONGO_INITDB_ROOT_PASSWORD"),
+        "MongoDB runs with auth"
+    );
+    let api = environment(&services["api"]);
+    assert!(
+        api["MONGODB_URI"].contains("@mongo"),
+        "the API logs in to MongoDB"
+    );
+    assert!(!api["API_KEYS"].is_empty(), "the API needs keys");
 }

@@ -42,7 +42,7 @@ async fn fixture_with(admission: Arc<Admission>) -> Fixture {
         ],
         Duration::from_secs(3),
     ));
-    let app = router(AppState { orders, readiness });
+    let app = router(AppState::new(orders, readiness), &Default::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

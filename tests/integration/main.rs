@@ -4,6 +4,7 @@
 //! consumer groups and Mongo database, so tests run in parallel; tests that
 //! stop a server start a private one.
 
+mod access;
 mod common;
 mod compose;
 mod e2e;

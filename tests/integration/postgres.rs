@@ -845,3 +845,32 @@ async fn orders_placed_while_the_inserts_are_busy_are_inserted_together_each_com
             .unwrap();
     assert_eq!(queued_xmins, 1, "the queued orders share one transaction");
 }
+
+/// Every connection of the pool runs with DATABASE_STATEMENT_TIMEOUT_MS: a
+/// statement stuck on a lock or a slow plan is cancelled, not left holding a
+/// connection.
+#[tokio::test]
+async fn every_pooled_connection_has_the_statement_timeout() {
+    let db = TestDb::new().await;
+    let store = PgStore::connect_lazy(&ordersaga::adapters::postgres::PgSettings {
+        url: db.url.clone(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(5),
+        saga_writers: 1,
+        saga_batch_max: 8,
+        order_writers: 1,
+        order_queue_max: 16,
+        statement_timeout: Duration::from_millis(300),
+    })
+    .unwrap();
+    let shown: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(shown, "300ms");
+    let err = sqlx::query("SELECT pg_sleep(5)")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+}

@@ -18,7 +18,7 @@ pub struct HealthBody {
 }
 
 /// Liveness: answers while the process runs.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = HealthBody)))]
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, body = HealthBody)))]
 pub async fn health() -> Json<HealthBody> {
     Json(HealthBody {
         status: "ok".into(),
@@ -30,7 +30,8 @@ pub struct ReadyBody {
     /// `ready`, `not_ready` or `draining`.
     #[schema(example = "ready")]
     pub status: String,
-    /// Each dependency: `ok` or what is wrong with it.
+    /// Each dependency: `ok` or what is wrong with it (empty for a caller
+    /// without an API key, when keys protect the operations endpoints).
     pub checks: BTreeMap<String, String>,
     /// The dependencies that failed, named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,13 +43,19 @@ pub struct ReadyBody {
     get,
     path = "/ready",
     tag = "operations",
+    // Open; with keys configured, its checks show only to a caller with one.
+    security((), ("api_key" = [])),
     responses(
         (status = 200, description = "Ready", body = ReadyBody),
         (status = 503, description = "A dependency is unreachable, or the process is draining", body = ReadyBody),
     )
 )]
-pub async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, Json<ReadyBody>) {
+pub async fn ready(
+    State(readiness): State<Arc<Readiness>>,
+    details: Option<axum::Extension<super::guard::SeesDetails>>,
+) -> (StatusCode, Json<ReadyBody>) {
     let report = readiness.check().await;
+    let sees_details = details.is_none_or(|axum::Extension(d)| d.0);
     let checks: BTreeMap<String, String> = report
         .checks
         .iter()
@@ -82,6 +89,17 @@ pub async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, Json
             Some(format!("not ready: {}", failing.join(", "))),
         )
     };
+    if !sees_details {
+        // The raw error texts say what runs where: only for callers with a key.
+        return (
+            code,
+            Json(ReadyBody {
+                status: status.into(),
+                checks: BTreeMap::new(),
+                message: None,
+            }),
+        );
+    }
     (
         code,
         Json(ReadyBody {

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod form;
+pub mod guard;
 pub mod health;
 pub mod observe;
 pub mod openapi;
@@ -27,25 +28,62 @@ use crate::application::health::Readiness;
 use crate::application::orders::OrderService;
 
 use error::ApiError;
+pub use guard::{ApiKeys, Bounds, Limit};
 
 #[derive(Clone, axum::extract::FromRef)]
 pub struct AppState {
     pub orders: Arc<OrderService>,
     pub readiness: Arc<Readiness>,
+    pub keys: ApiKeys,
+    /// The live page's streams: their cap and the shared poller.
+    pub live: Arc<ui::LiveFeed>,
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
+impl AppState {
+    pub fn new(orders: Arc<OrderService>, readiness: Arc<Readiness>) -> Self {
+        Self {
+            orders,
+            readiness,
+            keys: ApiKeys::default(),
+            live: ui::LiveFeed::new(Bounds::default().max_streams),
+        }
+    }
+
+    pub fn with_keys(mut self, keys: ApiKeys) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    pub fn with_stream_cap(mut self, max_streams: usize) -> Self {
+        self.live = ui::LiveFeed::new(max_streams);
+        self
+    }
+}
+
+/// The whole API, with its bounds.
+pub fn router(state: AppState, bounds: &Bounds) -> Router {
     let request_id = HeaderName::from_static(orders::REQUEST_ID_HEADER);
-    let api = Router::new()
+    let keys = state.keys.clone();
+    // The data: keys required (when configured), timeout and in-flight limit.
+    let data = Router::new()
         .route("/api/orders", post(orders::place_order))
         .route("/api/order/{id}", get(orders::get_order))
         .route("/api/order/{id}/events", get(orders::order_events))
         .route("/api/orders/{user_id}", get(orders::list_orders))
         .route("/api/methods", get(orders::methods))
-        .merge(ops_routes())
-        .route("/ui", get(ui::page))
         .route("/ui/stream", get(ui::stream))
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys.clone(),
+            guard::require_key,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Limit::new(bounds),
+            guard::bound,
+        ));
+    let api = Router::new()
+        .merge(data)
+        .merge(ops_routes(keys))
+        .route("/ui", get(ui::page))
         .route("/", get(|| async { Redirect::temporary("/ui") }))
         .route(
             "/swagger/index.html",
@@ -76,24 +114,39 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn(guard::sanitize_request_id))
 }
 
-/// `/health`, `/ready` and `/metrics`, in any router whose state holds the readiness checks.
-fn ops_routes<S>() -> Router<S>
+/// `/health` (open), `/ready` (its checks shown only to a caller with a key,
+/// when keys protect the operations endpoints) and `/metrics` (a key needed
+/// then), in any router whose state holds the readiness checks.
+fn ops_routes<S>(keys: ApiKeys) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<Readiness>: axum::extract::FromRef<S>,
 {
+    let ready = Router::new()
+        .route("/ready", get(health::ready))
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys.clone(),
+            guard::mark_details,
+        ));
+    let metrics = Router::new()
+        .route("/metrics", get(observe::prometheus))
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys,
+            guard::require_key_for_ops,
+        ));
     Router::new()
         .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(observe::prometheus))
+        .merge(ready)
+        .merge(metrics)
 }
 
 /// The operations endpoints alone, for a component that does not serve the
 /// API (OPS_PORT).
-pub fn ops_router(readiness: Arc<Readiness>) -> Router {
-    ops_routes()
+pub fn ops_router(readiness: Arc<Readiness>, keys: ApiKeys) -> Router {
+    ops_routes(keys)
         .route_layer(axum::middleware::from_fn(observe::track))
         .fallback(not_found)
         .with_state(readiness)

@@ -1,8 +1,33 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use super::{error, health, observe, orders};
+
+/// The name of the security scheme every protected route names.
+pub const API_KEY: &str = "api_key";
+
+/// Declares the bearer API key, so Swagger UI's Authorize button sends it.
+struct BearerApiKey;
+
+impl Modify for BearerApiKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            API_KEY,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of the keys in API_KEYS (or API_KEYS_FILE). Needed only when the \
+                         service is configured with keys; /health never needs one.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +47,8 @@ use super::{error, health, observe, orders};
         observe::prometheus,
     ),
     components(schemas(error::ErrorBody, error::FieldProblem)),
+    modifiers(&BearerApiKey),
+    security(("api_key" = [])),
     tags(
         (name = "orders", description = "Orders and their saga"),
         (name = "operations", description = "Health, readiness and metrics"),

@@ -1,24 +1,84 @@
 //! The live saga view: a page at `/ui` where a person places an order and
 //! watches it settle, fed by server-sent events from `/ui/stream`.
 //!
-//! The stream polls PostgreSQL (and, for a watched order, the MongoDB event
-//! log) and sends only what changed, so it works whichever process runs the
-//! saga. It is for people, not for integrations: it is not part of the
-//! OpenAPI document.
+//! One poller per process reads the recent orders from PostgreSQL while any
+//! page is open and shares them with every stream; a stream that watches an
+//! order also reads that order and its timeline (the MongoDB event log). Only
+//! what changed is sent, so it works whichever process runs the saga. Streams
+//! are capped (`UI_STREAM_MAX`; past that 503 `overloaded`), and with API keys
+//! configured the stream needs one, like the API. It is for people, not for
+//! integrations: it is not part of the OpenAPI document.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use futures::{Stream, StreamExt, stream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::AppState;
 use super::error::ApiError;
 use super::orders::{EventBody, OrderBody, query_params};
 use crate::application::orders::OrderService;
 use crate::domain::{OrderId, OrderStatus};
+
+/// The recent orders as JSON, or what went wrong reading them.
+type Recent = Option<Result<String, String>>;
+
+/// What every stream of the process shares: the cap on open streams and the
+/// recent orders, read by one poller.
+pub struct LiveFeed {
+    slots: Arc<Semaphore>,
+    recent: watch::Sender<Recent>,
+    poller: Once,
+}
+
+impl LiveFeed {
+    pub fn new(max_streams: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(max_streams)),
+            recent: watch::Sender::new(None),
+            poller: Once::new(),
+        })
+    }
+
+    /// A slot for one more stream, if the cap allows it.
+    fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// The recent orders, kept fresh by the poller (started by the first stream).
+    fn subscribe(&self, orders: &Arc<OrderService>) -> watch::Receiver<Recent> {
+        self.poller.call_once(|| {
+            let (sender, orders) = (self.recent.clone(), orders.clone());
+            tokio::spawn(async move {
+                loop {
+                    // Reads only while a page is open; idle otherwise.
+                    if sender.receiver_count() > 0 {
+                        let read = match orders.recent(RECENT).await {
+                            Ok(list) => {
+                                let list: Vec<OrderBody> =
+                                    list.into_iter().map(Into::into).collect();
+                                Ok(serde_json::to_string(&list).unwrap_or_default())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        };
+                        sender.send_if_modified(|now| {
+                            let changed = now.as_ref() != Some(&read);
+                            *now = Some(read);
+                            changed
+                        });
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+            });
+        });
+        self.recent.subscribe()
+    }
+}
 
 /// How often the stream looks for changes.
 const POLL: Duration = Duration::from_millis(300);
@@ -47,7 +107,13 @@ pub async fn stream(
             Some(id)
         }
     };
-    let events = changes(state.orders.clone(), watched);
+    let Some(slot) = state.live.slot() else {
+        return Ok(super::guard::overloaded(
+            "too many live-page streams are open; retry shortly",
+        ));
+    };
+    let recent = state.live.subscribe(&state.orders);
+    let events = changes(state.orders.clone(), watched, recent, slot);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -64,23 +130,30 @@ struct Seen {
 }
 
 fn changes(
-    orders: std::sync::Arc<OrderService>,
+    orders: Arc<OrderService>,
     watched: Option<OrderId>,
+    recent: watch::Receiver<Recent>,
+    slot: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold((Seen::default(), true), move |(mut seen, first)| {
+    // The stream holds its slot (and its view of the recent orders) until the page goes.
+    let state = (Seen::default(), true, recent, slot);
+    stream::unfold(state, move |(mut seen, first, mut recent, slot)| {
         let orders = orders.clone();
         async move {
             if !first {
-                tokio::time::sleep(POLL).await;
+                // The next change of the recent orders, or the next look at the watched order.
+                let _ = tokio::time::timeout(POLL, recent.changed()).await;
             }
             let mut out = Vec::new();
             let mut problems = Vec::new();
-            match orders.recent(RECENT).await {
-                Ok(list) => {
-                    let list: Vec<OrderBody> = list.into_iter().map(Into::into).collect();
-                    push_if_changed(&mut out, &mut seen.recent, "recent", &list);
+            match recent.borrow_and_update().clone() {
+                Some(Ok(json)) if seen.recent != json => {
+                    out.push(Event::default().event("recent").data(&json));
+                    seen.recent = json;
                 }
-                Err(e) => problems.push(e.to_string()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => problems.push(e),
+                None => {}
             }
             if let (Some(id), false) = (watched, seen.watched_done) {
                 let settled = match orders.get(id).await {
@@ -119,7 +192,7 @@ fn changes(
             } else {
                 push_if_changed(&mut out, &mut seen.problem, "problem", &problem);
             }
-            Some((stream::iter(out), (seen, false)))
+            Some((stream::iter(out), (seen, false, recent, slot)))
         }
     })
     .flatten()

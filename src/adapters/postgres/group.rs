@@ -60,3 +60,31 @@ pub(super) async fn next_batch<J>(jobs: &Jobs<J>, max: usize) -> Option<Vec<J>> 
     }
     Some(batch)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_gives_the_job_back_instead_of_growing() {
+        let queue = GroupQueue::new(2);
+        let kept = Mutex::new(None);
+        // Writers that take nothing yet: the jobs wait in the queue.
+        let start = |jobs: Jobs<u32>| *kept.lock().unwrap() = Some(jobs);
+        assert!(queue.submit(1, start).is_ok());
+        assert!(queue.submit(2, |_| unreachable!("started once")).is_ok());
+        assert!(matches!(
+            queue.submit(3, |_| unreachable!()),
+            Err(NotQueued::Full(3))
+        ));
+        // Once a writer takes what waits, there is room again.
+        let jobs = kept.lock().unwrap().take().unwrap();
+        assert_eq!(next_batch(&jobs, 10).await, Some(vec![1, 2]));
+        assert!(queue.submit(4, |_| unreachable!()).is_ok());
+        drop(jobs);
+        assert!(matches!(
+            queue.submit(5, |_| unreachable!()),
+            Err(NotQueued::Stopped(5))
+        ));
+    }
+}
