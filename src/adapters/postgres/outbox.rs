@@ -225,7 +225,13 @@ impl PgStore {
             .into_iter()
             .map(OutboundMessage::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        sink.publish(&messages).await?;
+        if let Err(e) = sink.publish(&messages).await {
+            // Release the rows now: a dropped transaction rolls back only when
+            // its connection is next used, and another relay (or this one's
+            // next try, on another connection) would skip them as locked.
+            let _ = tx.rollback().await;
+            return Err(e.into());
+        }
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)
@@ -299,7 +305,10 @@ impl Outbox for PgStore {
             .into_iter()
             .map(EventRecord::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        sink.append(&events).await?;
+        if let Err(e) = sink.append(&events).await {
+            let _ = tx.rollback().await; // release the rows at once (see scan_messages)
+            return Err(e.into());
+        }
         sqlx::query("UPDATE saga_events SET logged_at = now() WHERE seq = ANY($1)")
             .bind(&seqs)
             .execute(&mut *tx)
