@@ -24,6 +24,9 @@ if [[ ! -x $VENV/bin/st ]]; then
   "$VENV/bin/pip" install -q "schemathesis==$VERSION"
 fi
 
+# With API keys, as a deployment should run: Schemathesis sends the key, and
+# checks that a request without one (or with a wrong one) is refused.
+export API_KEYS="fuzz-key-$RANDOM$RANDOM"
 start_system fuzz-api
 
 # Every check but positive_data_acceptance: Schemathesis may put control bytes in
@@ -31,4 +34,5 @@ start_system fuzz-api
 log "running schemathesis ($EXAMPLES examples per operation, seed $SEED)"
 "$VENV/bin/st" --no-color run "$SYSTEM_URL/api-docs/openapi.json" \
   --checks all --exclude-checks positive_data_acceptance \
+  --header "Authorization: Bearer $API_KEYS" \
   --max-examples "$EXAMPLES" --seed "$SEED" --workers 2

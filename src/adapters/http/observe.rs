@@ -61,7 +61,10 @@ pub async fn track(req: Request, next: Next) -> Response {
     get,
     path = "/metrics",
     tag = "operations",
-    responses((status = 200, description = "Prometheus text format (see docs/operations.md)", content_type = "text/plain", body = String))
+    responses(
+        (status = 200, description = "Prometheus text format (see docs/operations.md)", content_type = "text/plain", body = String),
+        (status = 401, description = "API keys are configured (and OPS_REQUIRE_KEY) and the request has no valid key", body = super::error::ErrorBody),
+    )
 )]
 pub async fn prometheus() -> Response {
     (

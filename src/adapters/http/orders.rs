@@ -166,12 +166,13 @@ pub enum OrderFormDoc {
     responses(
         (status = 201, description = "Order accepted, PROCESSING", body = OrderBody),
         (status = 200, description = "Repeat of an earlier request with the same Idempotency-Key", body = OrderBody),
+        (status = 401, description = "API keys are configured and the request has no valid `Authorization: Bearer <key>`", body = ErrorBody),
         (status = 400, description = "A method outside the method table, more installments than the method allows, or a bad header", body = ErrorBody),
         (status = 409, description = "Idempotency-Key already used with a different form", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not a form", body = ErrorBody),
         (status = 422, description = "A field is missing or malformed", body = ErrorBody),
-        (status = 503, description = "Storage unavailable (`unavailable`), or too many orders still PROCESSING (`overloaded`, with a Retry-After header in seconds; see API_MAX_PROCESSING)", body = ErrorBody,
+        (status = 503, description = "Storage unavailable (`unavailable`); too many orders still PROCESSING, too many requests in flight or too many new orders queued (`overloaded`, with a Retry-After header in seconds); or not answered in time (`timeout`)", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `overloaded`)"))),
     )
 )]
@@ -236,7 +237,9 @@ fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
     responses(
         (status = 200, description = "The order", body = OrderBody),
         (status = 400, description = "id is not a UUID", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has no valid `Authorization: Bearer <key>`", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
+        (status = 503, description = "Too many requests in flight (`overloaded`, with Retry-After), or not answered in time (`timeout`)", body = ErrorBody),
     )
 )]
 pub async fn get_order(
@@ -304,6 +307,8 @@ fn query_number<T: std::str::FromStr>(
     responses(
         (status = 200, description = "A page of orders, newest first, and the user's total", body = OrderListBody),
         (status = 400, description = "Bad offset or limit", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has no valid `Authorization: Bearer <key>`", body = ErrorBody),
+        (status = 503, description = "Too many requests in flight (`overloaded`, with Retry-After), or not answered in time (`timeout`)", body = ErrorBody),
     )
 )]
 pub async fn list_orders(
@@ -380,8 +385,9 @@ pub struct EventsBody {
     responses(
         (status = 200, description = "The events, oldest first", body = EventsBody),
         (status = 400, description = "id is not a UUID", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has no valid `Authorization: Bearer <key>`", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
-        (status = 503, description = "The event log is unavailable", body = ErrorBody),
+        (status = 503, description = "The event log is unavailable (`unavailable`), too many requests in flight (`overloaded`), or not answered in time (`timeout`)", body = ErrorBody),
     )
 )]
 pub async fn order_events(
@@ -410,7 +416,16 @@ pub struct MethodsBody {
 }
 
 /// The payment methods and the installments each allows.
-#[utoipa::path(get, path = "/api/methods", tag = "orders", responses((status = 200, body = MethodsBody)))]
+#[utoipa::path(
+    get,
+    path = "/api/methods",
+    tag = "orders",
+    responses(
+        (status = 200, body = MethodsBody),
+        (status = 401, description = "API keys are configured and the request has no valid `Authorization: Bearer <key>`", body = ErrorBody),
+        (status = 503, description = "Too many requests in flight (`overloaded`, with Retry-After), or not answered in time (`timeout`)", body = ErrorBody),
+    )
+)]
 pub async fn methods() -> Json<MethodsBody> {
     Json(MethodsBody {
         methods: PaymentMethod::ALL
