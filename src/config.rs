@@ -367,9 +367,10 @@ pub struct SagaArgs {
     /// A PROCESSING order whose saga has not started after this long is started by the sweeper, in ms.
     #[arg(long, env = "SAGA_START_GRACE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub saga_start_grace_ms: u64,
-    /// How long the orchestrator remembers processed message ids (to drop redeliveries), in hours.
-    #[arg(long, env = "PROCESSED_MESSAGE_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..))]
-    pub processed_message_retention_hours: u32,
+    /// How long relayed saga-log rows stay in PostgreSQL before the orchestrator
+    /// trims them, in hours (an order's creation and settlement events stay: its status history).
+    #[arg(long, env = "SAGA_LOG_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..))]
+    pub saga_log_retention_hours: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -423,18 +424,11 @@ pub struct RelayArgs {
     /// under load, fewer and larger batches. The event log is not on the saga's path.
     #[arg(long, env = "RELAY_EVENTS_GATHER_MS", default_value_t = 50)]
     pub relay_events_gather_ms: u64,
-    /// Message batches a relay has in flight at once: while one waits for the
-    /// broker's acknowledgement, the next is read and sent (rows are locked
-    /// with SKIP LOCKED, so no row goes twice).
-    #[arg(long, env = "RELAY_MESSAGE_WORKERS", default_value_t = RelaySettings::DEFAULT_MESSAGE_WORKERS as u32, value_parser = clap::value_parser!(u32).range(1..=16))]
-    pub relay_message_workers: u32,
-    /// In a process that runs a relay, the messages its own writes commit go
-    /// straight to that relay instead of being read back from the outbox;
-    /// their rows stay as the fallback, reserved for this long (ms) before
-    /// any relay may send them (after a crash, say). 0: every message is
-    /// read back from the table.
-    #[arg(long, env = "RELAY_HAND_OFF_LEASE_MS", default_value_t = RelaySettings::DEFAULT_HAND_OFF_LEASE.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub relay_hand_off_lease_ms: u64,
+    /// One relay at a time follows each feed of the saga log (messages,
+    /// events), holding it for this long (ms) after each read; when its
+    /// process dies, another relay takes the feed over after this.
+    #[arg(long, env = "RELAY_LEASE_MS", default_value_t = RelaySettings::DEFAULT_LEASE.as_millis() as u64, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub relay_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -829,8 +823,7 @@ impl SagaArgs {
         s.saga = self.policy();
         s.sweep_interval = ms(self.sweep_interval_ms);
         s.start_grace = chrono::Duration::milliseconds(self.saga_start_grace_ms as i64);
-        s.processed_retention =
-            chrono::Duration::hours(self.processed_message_retention_hours.into());
+        s.log_retention = chrono::Duration::hours(self.saga_log_retention_hours.into());
     }
 
     fn policy(&self) -> SagaPolicy {
@@ -872,8 +865,7 @@ impl RelayArgs {
             batch_size: self.relay_batch_size,
             idle_poll: ms(self.relay_idle_poll_ms),
             events_gather: ms(self.relay_events_gather_ms),
-            message_workers: self.relay_message_workers as usize,
-            hand_off_lease: ms(self.relay_hand_off_lease_ms),
+            lease: ms(self.relay_lease_ms),
             ..RelaySettings::default()
         }
     }

@@ -96,8 +96,8 @@ pub struct Settings {
     pub saga: SagaPolicy,
     pub sweep_interval: Duration,
     pub start_grace: chrono::Duration,
-    /// How long processed message ids are kept for deduplication.
-    pub processed_retention: chrono::Duration,
+    /// How long relayed saga-log rows are kept (creation and settlement events stay).
+    pub log_retention: chrono::Duration,
     pub user_api: UserApiSettings,
     pub balance_limit: Money,
     pub relay: RelaySettings,
@@ -157,7 +157,7 @@ impl Default for Settings {
             saga: SagaPolicy::default(),
             sweep_interval: Duration::from_millis(250),
             start_grace: chrono::Duration::seconds(5),
-            processed_retention: chrono::Duration::days(7),
+            log_retention: chrono::Duration::days(7),
             user_api: UserApiSettings {
                 base_url: "http://127.0.0.1:8001".into(),
                 timeout: Duration::from_secs(2),
@@ -292,15 +292,12 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             })
             .await?;
         }
-        let mut store = PgStore::connect_lazy(&settings.db)?;
+        let store = PgStore::connect_lazy(&settings.db)?;
         let url = settings.db.url.clone();
         retry_start("connecting to PostgreSQL", START_PATIENCE, || {
             store.check(&url)
         })
         .await?;
-        if roles.relay && !settings.relay.hand_off_lease.is_zero() {
-            store = store.with_hand_off(settings.relay.hand_off_lease);
-        }
         dependencies.push(Dependency::Postgres(Arc::new(store.clone())));
         Some(store)
     } else {
@@ -358,11 +355,11 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
 
     if roles.api || roles.orchestrator {
         let store = store.clone().expect("postgres is set up for these roles");
-        tokio::spawn(store.announce_outbox(shutdown.clone()));
+        tokio::spawn(store.announce_log(shutdown.clone()));
     }
     if roles.relay {
         let store = store.clone().expect("postgres is set up for the relay");
-        tokio::spawn(store.listen_for_outbox(shutdown.clone()));
+        tokio::spawn(store.listen_for_log(shutdown.clone()));
     }
 
     if roles.relay {
@@ -415,7 +412,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         ));
         let token = shutdown.clone();
         let interval = settings.sweep_interval;
-        let retention = settings.processed_retention;
+        let retention = settings.log_retention;
         tasks.spawn(async move {
             let mut next_housekeeping = tokio::time::Instant::now();
             loop {
@@ -426,7 +423,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
                 }
                 if tokio::time::Instant::now() >= next_housekeeping {
                     match orchestrator.housekeeping(retention).await {
-                        Ok(n) if n > 0 => tracing::info!(rows = n, "purged old processed ids and expired idempotency keys"),
+                        Ok(n) if n > 0 => tracing::info!(rows = n, "trimmed the saga log and expired idempotency keys"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
                     }

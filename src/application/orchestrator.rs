@@ -1,11 +1,13 @@
 //! The orchestrator: drives each order's saga from the messages it receives and
 //! from its deadlines.
 //!
-//! Every decision runs inside one store transaction with the saga locked: the
-//! saga state, the order's status, the commands to send (through the outbox)
-//! and the events to log are written together or not at all. Redelivered
-//! messages are dropped by message id, and the state machine ignores replies
-//! that no longer matter, so handling a message twice changes nothing.
+//! Every decision runs inside one store transaction with the order locked:
+//! the saga's state (on the order), the order's status and the saga log's
+//! entries (each event with the command or settlement message it sends) are
+//! written together or not at all. The state machine ignores a redelivered
+//! `order-created` (the saga exists), a reply to a step that is already
+//! answered, and replies that no longer matter, so handling a message twice
+//! changes nothing and no message id needs recording.
 
 use std::sync::Arc;
 
@@ -22,12 +24,9 @@ use super::messages::{
     Topic, UserValidated, ValidateBalance, ValidateUser,
 };
 use super::ports::{
-    HandleError, MessageHandler, NewEvent, SagaContext, SagaDecision, SagaOutcome, SagaStore,
-    SagaWrite,
+    HandleError, LogEntry, MessageHandler, NewEvent, SagaContext, SagaDecision, SagaOutcome,
+    SagaStore, SagaWrite,
 };
-
-/// Consumer name under which processed message ids are recorded.
-pub const CONSUMER: &str = "orchestrator";
 
 pub struct Orchestrator {
     store: Arc<dyn SagaStore>,
@@ -65,7 +64,7 @@ impl Orchestrator {
         // All at once, so the store can write them in few transactions.
         let ticks = due.iter().map(|order_id| async move {
             let (decision, observed) = observed_decision(Input::Tick, self.policy);
-            if self.store.transact(*order_id, None, decision).await? == SagaOutcome::Applied {
+            if self.store.transact(*order_id, decision).await? == SagaOutcome::Applied {
                 observed.record();
             }
             Ok::<_, HandleError>(())
@@ -74,10 +73,11 @@ impl Orchestrator {
         Ok(due.len())
     }
 
-    /// Forgets processed message ids older than `retention` and expired idempotency keys.
+    /// Forgets expired idempotency keys and trims the saga log of relayed
+    /// rows older than `retention` (one bounded batch).
     pub async fn housekeeping(&self, retention: Duration) -> Result<u64, HandleError> {
         let now = Utc::now();
-        Ok(self.store.purge(now - retention, now).await?)
+        Ok(self.store.purge(now, now - retention).await?)
     }
 
     async fn run(
@@ -87,23 +87,19 @@ impl Orchestrator {
         input: Input,
     ) -> Result<SagaOutcome, HandleError> {
         let (decision, observed) = observed_decision(input, self.policy);
-        let outcome = self
-            .store
-            .transact(order_id, Some((CONSUMER, message_id)), decision)
-            .await?;
-        if outcome == SagaOutcome::Applied {
-            observed.record();
-        }
+        let outcome = self.store.transact(order_id, decision).await?;
         match outcome {
-            SagaOutcome::UnknownOrder => Err(HandleError::Poison(format!(
-                "order {order_id} does not exist"
-            ))),
-            SagaOutcome::Duplicate => {
-                tracing::debug!(%order_id, %message_id, "duplicate message dropped");
-                Ok(outcome)
+            SagaOutcome::Applied => observed.record(),
+            SagaOutcome::UnknownOrder => {
+                return Err(HandleError::Poison(format!(
+                    "order {order_id} does not exist"
+                )));
             }
-            _ => Ok(outcome),
+            SagaOutcome::NothingToDo => {
+                tracing::debug!(%order_id, %message_id, "message changed nothing (a duplicate, or a reply that no longer matters)");
+            }
         }
+        Ok(outcome)
     }
 }
 
@@ -204,8 +200,7 @@ fn observed_decision(input: Input, policy: SagaPolicy) -> (SagaDecision, Observe
             |since: DateTime<Utc>| (now - since).num_microseconds().unwrap_or(0) as f64 / 1e6;
         if let (Input::Reply { step, outcome, .. }, Some(saga)) = (input, &ctx.saga)
             && write
-                .events
-                .iter()
+                .events()
                 .any(|e| e.kind == SagaEventKind::ReplyReceived)
         {
             o.reply = Some((step, outcome, secs(saga.started_at)));
@@ -267,18 +262,18 @@ fn decide(
     let mut write = SagaWrite {
         saga,
         settle: None,
-        outbox: Vec::new(),
-        events: Vec::new(),
+        entries: Vec::new(),
     };
     let event = |kind, payload| NewEvent::new(order.id, kind, payload, now);
     for effect in effects {
         match effect {
-            Effect::Started => write
-                .events
-                .push(event(SagaEventKind::SagaStarted, json!({}))),
+            Effect::Started => write.entries.push(LogEntry::event(event(
+                SagaEventKind::SagaStarted,
+                json!({}),
+            ))),
             Effect::SendCommand { step, attempt } => {
                 let message = command(ctx, step, attempt);
-                write.events.push(event(
+                let sent = event(
                     SagaEventKind::CommandSent,
                     json!({
                         "step": step,
@@ -287,8 +282,8 @@ fn decide(
                         "message_type": message.message_type,
                         "topic": message.topic.name(),
                     }),
-                ));
-                write.outbox.push(message);
+                );
+                write.entries.push(LogEntry::with_message(sent, message));
             }
             Effect::ReplyAccepted {
                 step,
@@ -299,27 +294,27 @@ fn decide(
                     Input::Reply { message_id, .. } => Some(message_id),
                     _ => None,
                 };
-                write.events.push(event(
+                write.entries.push(LogEntry::event(event(
                     SagaEventKind::ReplyReceived,
                     json!({ "step": step, "attempt": attempt, "outcome": outcome, "message_id": message_id }),
-                ));
+                )));
             }
             Effect::TimedOut { step, attempt } => {
-                write.events.push(event(
+                write.entries.push(LogEntry::event(event(
                     SagaEventKind::StepTimedOut,
                     json!({ "step": step, "attempt": attempt }),
-                ));
+                )));
             }
             Effect::Settle(settlement) => {
                 write.settle = Some(settlement);
-                write.events.push(event(
+                let changed = event(
                     SagaEventKind::StatusChanged,
                     json!({
                         "from": OrderStatus::Processing,
                         "to": settlement.status(),
                         "cancel_reason": settlement.cancel_reason(),
                     }),
-                ));
+                );
                 let settled = OrderSettled {
                     order_id: order.id,
                     user_id: order.user_id.clone(),
@@ -328,14 +323,15 @@ fn decide(
                     cancel_reason: settlement.cancel_reason(),
                     settled_at: now,
                 };
-                write.outbox.push(OutboundMessage::new(
+                let message = OutboundMessage::new(
                     Uuid::new_v4(),
                     Topic::OrdersSettled,
                     order.id,
                     MessageType::OrderSettled,
                     &ctx.correlation_id,
                     &settled,
-                ));
+                );
+                write.entries.push(LogEntry::with_message(changed, message));
             }
         }
     }
@@ -390,7 +386,7 @@ mod tests {
     #[test]
     fn start_writes_two_commands_through_the_outbox_and_logs_them() {
         let w = decide(&ctx(None), Input::Start, &SagaPolicy::default(), Utc::now()).unwrap();
-        let topics: Vec<_> = w.outbox.iter().map(|m| m.topic).collect();
+        let topics: Vec<_> = w.messages().map(|m| m.topic).collect();
         assert_eq!(
             topics,
             [
@@ -398,8 +394,8 @@ mod tests {
                 Topic::BalanceValidationCommands
             ]
         );
-        assert!(w.outbox.iter().all(|m| m.correlation_id == "c1"));
-        let kinds: Vec<_> = w.events.iter().map(|e| e.kind).collect();
+        assert!(w.messages().all(|m| m.correlation_id == "c1"));
+        let kinds: Vec<_> = w.events().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
             [
@@ -440,11 +436,20 @@ mod tests {
             w.settle,
             Some(Settlement::Canceled(CancelReason::UserInvalid))
         );
-        assert_eq!(w.outbox.len(), 1);
-        assert_eq!(w.outbox[0].topic, Topic::OrdersSettled);
-        assert_eq!(w.outbox[0].payload["status"], "CANCELED");
-        assert_eq!(w.outbox[0].payload["cancel_reason"], "USER_INVALID");
-        let kinds: Vec<_> = w.events.iter().map(|e| e.kind).collect();
+        let messages: Vec<_> = w.messages().collect();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].topic, Topic::OrdersSettled);
+        assert_eq!(messages[0].payload["status"], "CANCELED");
+        assert_eq!(messages[0].payload["cancel_reason"], "USER_INVALID");
+        // The settlement message rides on the status_changed event's entry.
+        let carried: Vec<_> = w
+            .entries
+            .iter()
+            .filter(|e| e.message.is_some())
+            .map(|e| e.event.kind)
+            .collect();
+        assert_eq!(carried, [SagaEventKind::StatusChanged]);
+        let kinds: Vec<_> = w.events().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
             [SagaEventKind::ReplyReceived, SagaEventKind::StatusChanged]
@@ -465,6 +470,6 @@ mod tests {
     #[test]
     fn a_tick_starts_an_orphaned_processing_order() {
         let w = decide(&ctx(None), Input::Tick, &SagaPolicy::default(), Utc::now()).unwrap();
-        assert_eq!(w.outbox.len(), 2);
+        assert_eq!(w.messages().count(), 2);
     }
 }

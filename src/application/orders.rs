@@ -12,7 +12,8 @@ use crate::domain::{FieldError, NewOrder, Order, OrderId, SagaEventKind, UserId}
 use super::error::AppError;
 use super::messages::{MessageType, OrderCreated, OutboundMessage, Topic};
 use super::ports::{
-    EventLog, EventRecord, IdempotencyClaim, NewEvent, OrderPage, OrderStore, PlaceOutcome,
+    EventLog, EventRecord, IdempotencyClaim, LogEntry, NewEvent, OrderPage, OrderStore,
+    PlaceOutcome,
 };
 
 /// Most orders one page may hold.
@@ -184,9 +185,10 @@ impl OrderService {
             }),
             now,
         );
+        let entry = LogEntry::with_message(event, message);
         match self
             .store
-            .place(&order, correlation_id, claim.as_ref(), &message, &event)
+            .place(&order, correlation_id, claim.as_ref(), &entry)
             .await?
         {
             PlaceOutcome::Created(order) => {

@@ -61,6 +61,32 @@ impl NewEvent {
     }
 }
 
+/// One entry of the saga log: an event, and the Kafka message it sends, if
+/// any (the order's `order-created`, a command, the settlement). Written once,
+/// never changed: the relays copy the event to the event log and publish the
+/// message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub event: NewEvent,
+    pub message: Option<OutboundMessage>,
+}
+
+impl LogEntry {
+    pub fn event(event: NewEvent) -> Self {
+        Self {
+            event,
+            message: None,
+        }
+    }
+
+    pub fn with_message(event: NewEvent, message: OutboundMessage) -> Self {
+        Self {
+            event,
+            message: Some(message),
+        }
+    }
+}
+
 /// A recorded saga event: one document of the event log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {
@@ -96,18 +122,21 @@ pub struct OrderPage {
     pub orders: Vec<Order>,
 }
 
-/// Orders and their status, with the outbox written in the same transaction.
+/// Orders and their status, with the saga log written in the same transaction.
 #[async_trait]
 pub trait OrderStore: Send + Sync {
-    /// Stores a PROCESSING order, its `order-created` message and its first
-    /// event atomically: all or nothing.
+    /// Stores a PROCESSING order and its first log entry (the `order_created`
+    /// event with the `order-created` message) atomically: all or nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached,
+    /// [`StoreError::Overloaded`] when too many orders already wait to be stored.
     async fn place(
         &self,
         order: &Order,
         correlation_id: &str,
         idempotency: Option<&IdempotencyClaim>,
-        message: &OutboundMessage,
-        event: &NewEvent,
+        entry: &LogEntry,
     ) -> Result<PlaceOutcome, StoreError>;
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
     /// A user's orders, newest first (ties broken by insertion order), and their true count.
@@ -132,13 +161,25 @@ pub struct SagaContext {
     pub saga: Option<Saga>,
 }
 
-/// What a saga decision writes, atomically.
+/// What a saga decision writes, atomically: the saga's new state (on its
+/// order), the settlement if any, and the log entries.
 #[derive(Debug, Clone)]
 pub struct SagaWrite {
     pub saga: Saga,
     pub settle: Option<Settlement>,
-    pub outbox: Vec<OutboundMessage>,
-    pub events: Vec<NewEvent>,
+    pub entries: Vec<LogEntry>,
+}
+
+impl SagaWrite {
+    /// The messages the entries send.
+    pub fn messages(&self) -> impl Iterator<Item = &OutboundMessage> {
+        self.entries.iter().filter_map(|e| e.message.as_ref())
+    }
+
+    /// The events of the entries.
+    pub fn events(&self) -> impl Iterator<Item = &NewEvent> {
+        self.entries.iter().map(|e| &e.event)
+    }
 }
 
 /// A decision taken inside the store's transaction, with the saga locked.
@@ -150,23 +191,26 @@ pub type SagaDecision = Box<dyn Fn(&SagaContext) -> Option<SagaWrite> + Send + S
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaOutcome {
     Applied,
+    /// The decision had nothing to write (a duplicate, a reply that no longer matters).
     NothingToDo,
-    /// This consumer already processed this message id.
-    Duplicate,
     UnknownOrder,
 }
 
-/// Saga state, with the order, the outbox and the event log feed in one transaction.
+/// Saga state, with the order and the saga log in one transaction.
 #[async_trait]
 pub trait SagaStore: Send + Sync {
-    /// Locks the order's saga, runs `decide` and writes what it returns, all in
-    /// one transaction. With `dedupe = Some((consumer, message_id))` the message
-    /// is recorded as processed in the same transaction, and a second call with
-    /// the same pair is a no-op returning [`SagaOutcome::Duplicate`].
+    /// Locks the order (and its saga), runs `decide` and writes what it
+    /// returns, all in one transaction. A redelivered message needs no
+    /// bookkeeping of its own: the saga's state says it changes nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached (the
+    /// consumer retries the message), [`StoreError::Overloaded`] when too many
+    /// decisions wait, [`StoreError::Other`] when the order's row cannot be read
+    /// or the decision panicked.
     async fn transact(
         &self,
         order_id: OrderId,
-        dedupe: Option<(&str, Uuid)>,
         decide: SagaDecision,
     ) -> Result<SagaOutcome, StoreError>;
 
@@ -180,13 +224,12 @@ pub trait SagaStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<OrderId>, StoreError>;
 
-    /// Forgets processed message ids older than `processed_before` and
-    /// idempotency keys expired by `now`. Returns how many rows went.
-    async fn purge(
-        &self,
-        processed_before: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError>;
+    /// Forgets idempotency keys expired by `now`, and trims the saga log of
+    /// rows both feeds have relayed that are older than `log_before` (an
+    /// order's `order_created` and `status_changed` stay: they are its status
+    /// history). A bounded batch; returns how many rows went.
+    async fn purge(&self, now: DateTime<Utc>, log_before: DateTime<Utc>)
+    -> Result<u64, StoreError>;
 }
 
 /// Why a relay batch did not go through; the rows stay for the next try.
@@ -200,40 +243,78 @@ pub enum RelayError {
     EventLog(#[from] EventLogError),
 }
 
-/// Which outbox a relay loop drains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboxKind {
-    /// Messages for the broker.
+/// Which feed of the saga log a relay drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feed {
+    /// The messages, to the broker.
     Messages,
-    /// Saga events for the event log.
+    /// The events, to the event log.
     Events,
 }
 
-impl OutboxKind {
+impl Feed {
+    pub const ALL: [Feed; 2] = [Feed::Messages, Feed::Events];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            OutboxKind::Messages => "messages",
-            OutboxKind::Events => "events",
+            Feed::Messages => "messages",
+            Feed::Events => "events",
         }
     }
 }
 
-/// The relay's side of the two outboxes. Each call locks a batch of pending
-/// rows (rows locked by another relay are skipped), hands them to the sink and
-/// removes (or marks) them only if the sink succeeded, in one transaction: a
-/// crash at any point leaves the rows pending, so they go out at least once.
+/// A place in the saga log, in the order the relays read it (opaque to them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPosition(pub u64, pub i64);
+
+/// A row of the saga log as a relay reads it.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub position: LogPosition,
+    pub event: Option<EventRecord>,
+    pub message: Option<OutboundMessage>,
+}
+
+/// The relay's side of the saga log: plain reads and a position per feed.
+/// Only one relay at a time holds a feed (for a lease, renewed as it reads);
+/// the rows it is given are those every writer has committed, in an order in
+/// which no row committed later can come before them.
 #[async_trait]
-pub trait Outbox: Send + Sync {
-    async fn relay_messages(
+pub trait SagaLog: Send + Sync {
+    /// Holds `feed` for `holder` until `lease` from now (taking it over if its
+    /// last holder's lease ended) and reads up to `limit` rows after the
+    /// feed's position. `None`: another relay holds the feed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached.
+    async fn read_feed(
         &self,
+        feed: Feed,
+        holder: Uuid,
+        lease: Duration,
         limit: u32,
-        sink: &dyn MessagePublisher,
-    ) -> Result<usize, RelayError>;
-    async fn relay_events(&self, limit: u32, sink: &dyn EventLog) -> Result<usize, RelayError>;
-    /// Waits until new rows of that kind may be pending, or `timeout` passes.
-    async fn wait_for_work(&self, kind: OutboxKind, timeout: Duration);
-    /// How many rows of that kind are waiting.
-    async fn backlog(&self, kind: OutboxKind) -> Result<u64, StoreError>;
+    ) -> Result<Option<Vec<LogRow>>, StoreError>;
+    /// Records that `feed` has been relayed up to and including `to`.
+    /// `false`: `holder` no longer holds the feed (its lease ended and another
+    /// relay took over from the old position; the consumers and the event log
+    /// drop what then comes twice).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached (the rows
+    /// go again, and are dropped as duplicates).
+    async fn advance_feed(
+        &self,
+        feed: Feed,
+        holder: Uuid,
+        to: LogPosition,
+    ) -> Result<bool, StoreError>;
+    /// Waits until new rows may be in the log, or `timeout` passes.
+    async fn wait_for_work(&self, feed: Feed, timeout: Duration);
+    /// How many rows of the feed wait to be relayed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached.
+    async fn backlog(&self, feed: Feed) -> Result<u64, StoreError>;
 }
 
 /// The event log (MongoDB): one document per saga event, no duplicates.

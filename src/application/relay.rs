@@ -1,36 +1,44 @@
-//! The relay: drains the outboxes. Messages go to the broker, saga events to
-//! the event log. The two loops are independent, so a MongoDB outage delays
+//! The relay: follows the saga log. Its messages go to the broker, its events
+//! to the event log. The two feeds are independent, so a MongoDB outage delays
 //! the event log but never the saga, and a broker outage never loses an event.
+//!
+//! The log is append-only: a relay never deletes or marks rows, it moves the
+//! feed's position once the broker (or the event log) has what it read. One
+//! relay at a time holds a feed, for a lease it renews as it reads; relays in
+//! other processes wait, and take over when a holder's lease ends (its process
+//! died). What a relay sent but could not record goes again from the old
+//! position: the consumers drop messages they have seen (by the saga's state)
+//! and the event log drops event ids it has.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use super::ports::{EventLog, MessagePublisher, Outbox, OutboxKind, RelayError};
+use super::ports::{
+    EventLog, Feed, LogPosition, LogRow, MessagePublisher, RelayError, SagaLog, StoreError,
+};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RelaySettings {
-    /// Rows per transaction.
+    /// Rows read per batch.
     pub batch_size: u32,
     /// Longest wait for a notification before looking again anyway.
     pub idle_poll: Duration,
     /// Least time between two partial batches of events (messages go at once).
     pub events_gather: Duration,
-    /// Message loops side by side: one reads and sends while another waits for acks.
-    pub message_workers: usize,
     /// Longest pause after a failure (pauses double from 50 ms up to this).
     pub max_backoff: Duration,
     /// How often the backlog gauges (`ordersaga_outbox_backlog`) are refreshed.
     pub backlog_interval: Duration,
-    /// How long a message handed straight from this process's writers to its
-    /// relay keeps its outbox row from every relay's scan; zero: no hand-off.
-    pub hand_off_lease: Duration,
+    /// How long a relay holds a feed without reading it again; when its
+    /// process dies, another relay takes the feed over after this.
+    pub lease: Duration,
 }
 
 impl RelaySettings {
-    pub const DEFAULT_MESSAGE_WORKERS: usize = 2;
-    pub const DEFAULT_HAND_OFF_LEASE: Duration = Duration::from_secs(5);
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 }
 
 impl Default for RelaySettings {
@@ -39,89 +47,123 @@ impl Default for RelaySettings {
             batch_size: 500,
             idle_poll: Duration::from_millis(500),
             events_gather: Duration::from_millis(50),
-            message_workers: Self::DEFAULT_MESSAGE_WORKERS,
             max_backoff: Duration::from_secs(5),
             backlog_interval: Duration::from_secs(5),
-            hand_off_lease: Self::DEFAULT_HAND_OFF_LEASE,
+            lease: Self::DEFAULT_LEASE,
         }
     }
 }
 
 pub struct Relay {
-    outbox: Arc<dyn Outbox>,
+    log: Arc<dyn SagaLog>,
     publisher: Arc<dyn MessagePublisher>,
     event_log: Arc<dyn EventLog>,
     settings: RelaySettings,
+    /// Who holds a feed, to the other relays.
+    id: Uuid,
+}
+
+/// What one pass over a feed did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Another relay holds the feed.
+    Held,
+    /// Rows read and relayed (messages or events among them), the position moved past them.
+    Relayed { rows: usize, sent: usize },
 }
 
 impl Relay {
     pub fn new(
-        outbox: Arc<dyn Outbox>,
+        log: Arc<dyn SagaLog>,
         publisher: Arc<dyn MessagePublisher>,
         event_log: Arc<dyn EventLog>,
         settings: RelaySettings,
     ) -> Self {
         Self {
-            outbox,
+            log,
             publisher,
             event_log,
             settings,
+            id: Uuid::new_v4(),
         }
     }
 
-    /// Publishes one batch of pending messages; returns how many went out.
-    pub async fn relay_messages_once(&self) -> Result<usize, RelayError> {
-        self.outbox
-            .relay_messages(self.settings.batch_size, self.publisher.as_ref())
-            .await
-    }
-
-    /// Copies one batch of pending events to the event log; returns how many.
-    pub async fn relay_events_once(&self) -> Result<usize, RelayError> {
-        self.outbox
-            .relay_events(self.settings.batch_size, self.event_log.as_ref())
-            .await
-    }
-
-    /// Runs the loops until `shutdown`; each drains what is pending before it
-    /// returns (until a pass finds nothing). Messages have `message_workers` loops, so the next batch is
-    /// read and sent while one waits for the broker's acknowledgement. Order
-    /// between them does not matter: an order has one message in flight at a
-    /// time (each follows the reply to the one before), and should a retried
-    /// command overtake its first attempt, the orchestrator ignores the reply
-    /// to the stale attempt.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let messages: Vec<_> = (0..self.settings.message_workers.max(1))
-            .map(|_| {
-                let relay = self.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move { relay.drain_loop(OutboxKind::Messages, shutdown).await })
-            })
-            .collect();
-        let messages = futures::future::join_all(messages);
-        let events = {
-            let relay = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move { relay.drain_loop(OutboxKind::Events, shutdown).await })
+    /// Reads one batch of `feed`, delivers it, and moves the feed's position.
+    pub async fn pass(&self, feed: Feed) -> Result<Pass, RelayError> {
+        let s = &self.settings;
+        let Some(rows) = self
+            .log
+            .read_feed(feed, self.id, s.lease, s.batch_size)
+            .await?
+        else {
+            return Ok(Pass::Held);
         };
+        let Some(last) = rows.last().map(|r| r.position) else {
+            return Ok(Pass::Relayed { rows: 0, sent: 0 });
+        };
+        let sent = self.deliver(feed, &rows).await?;
+        self.advance(feed, last).await?;
+        Ok(Pass::Relayed {
+            rows: rows.len(),
+            sent,
+        })
+    }
+
+    /// Hands the rows' messages to the broker, or their events to the event log.
+    async fn deliver(&self, feed: Feed, rows: &[LogRow]) -> Result<usize, RelayError> {
+        match feed {
+            Feed::Messages => {
+                let messages: Vec<_> = rows.iter().filter_map(|r| r.message.clone()).collect();
+                if !messages.is_empty() {
+                    self.publisher.publish(&messages).await?;
+                }
+                Ok(messages.len())
+            }
+            Feed::Events => {
+                let events: Vec<_> = rows.iter().filter_map(|r| r.event.clone()).collect();
+                if !events.is_empty() {
+                    self.event_log.append(&events).await?;
+                }
+                Ok(events.len())
+            }
+        }
+    }
+
+    async fn advance(&self, feed: Feed, to: LogPosition) -> Result<(), StoreError> {
+        if !self.log.advance_feed(feed, self.id, to).await? {
+            tracing::warn!(
+                feed = feed.as_str(),
+                "another relay took this feed over; what was sent goes again from its position"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs both feeds until `shutdown`; each drains what is pending before
+    /// it returns (until a pass finds nothing).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let feeds = Feed::ALL.map(|feed| {
+            let (relay, shutdown) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move { relay.follow(feed, shutdown).await })
+        });
         let gauges = {
             let relay = self.clone();
             tokio::spawn(async move { relay.backlog_loop(shutdown).await })
         };
-        let _ = tokio::join!(messages, events, gauges);
+        let _ = tokio::join!(futures::future::join_all(feeds), gauges);
     }
 
     /// Keeps the backlog gauges current; a failed count leaves the last value.
     async fn backlog_loop(&self, shutdown: CancellationToken) {
         loop {
-            for kind in [OutboxKind::Messages, OutboxKind::Events] {
-                match self.outbox.backlog(kind).await {
+            for feed in Feed::ALL {
+                match self.log.backlog(feed).await {
                     Ok(n) => {
-                        metrics::gauge!(crate::metrics::OUTBOX_BACKLOG, "kind" => kind.as_str())
+                        metrics::gauge!(crate::metrics::OUTBOX_BACKLOG, "kind" => feed.as_str())
                             .set(n as f64)
                     }
                     Err(e) => {
-                        tracing::debug!(outbox = kind.as_str(), error = %e, "cannot count the backlog")
+                        tracing::debug!(feed = feed.as_str(), error = %e, "cannot count the backlog")
                     }
                 }
             }
@@ -132,43 +174,47 @@ impl Relay {
         }
     }
 
-    async fn drain_loop(&self, kind: OutboxKind, shutdown: CancellationToken) {
+    async fn follow(&self, feed: Feed, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let result = match kind {
-                OutboxKind::Messages => self.relay_messages_once().await,
-                OutboxKind::Events => self.relay_events_once().await,
-            };
-            match result {
-                Ok(n) => {
-                    metrics::counter!(crate::metrics::OUTBOX_RELAYED, "kind" => kind.as_str())
-                        .increment(n as u64);
+            match self.pass(feed).await {
+                Ok(Pass::Relayed { rows, sent }) => {
+                    metrics::counter!(crate::metrics::OUTBOX_RELAYED, "kind" => feed.as_str())
+                        .increment(sent as u64);
                     backoff = Duration::from_millis(50);
-                    if n as u32 >= self.settings.batch_size {
+                    if rows as u32 >= self.settings.batch_size {
                         continue; // more may be waiting
                     }
-                    if shutdown.is_cancelled() {
-                        if n == 0 {
-                            return;
-                        }
-                        // Once more, until a pass finds nothing: it also
-                        // tidies up after the last batch (sent rows deleted).
-                        continue;
+                    if shutdown.is_cancelled() && rows == 0 {
+                        return;
                     }
-                    let gather = match kind {
-                        OutboxKind::Messages => Duration::ZERO,
-                        OutboxKind::Events => self.settings.events_gather,
+                    if rows > 0 && shutdown.is_cancelled() {
+                        continue; // drain what is left
+                    }
+                    let gather = match feed {
+                        Feed::Messages => Duration::ZERO,
+                        Feed::Events => self.settings.events_gather,
                     };
                     tokio::select! {
                         _ = async {
                             tokio::time::sleep(gather).await;
-                            self.outbox.wait_for_work(kind, self.settings.idle_poll).await
+                            self.log.wait_for_work(feed, self.settings.idle_poll).await
                         } => {}
                         _ = shutdown.cancelled() => {}
                     }
                 }
+                Ok(Pass::Held) => {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    // Another relay follows this feed; be ready to take over.
+                    tokio::select! {
+                        _ = self.log.wait_for_work(feed, self.settings.idle_poll) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
                 Err(e) => {
-                    tracing::warn!(outbox = ?kind, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; will retry");
+                    tracing::warn!(feed = feed.as_str(), error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => return,
@@ -177,5 +223,238 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use chrono::Utc;
+
+    use super::*;
+    use crate::application::messages::{InboundMessage, MessageType, OutboundMessage, Topic};
+    use crate::application::ports::{EventLogError, EventRecord, PublishError};
+    use crate::domain::{OrderId, SagaEventKind};
+
+    /// An in-memory saga log: rows, a position and a holder per feed.
+    #[derive(Default)]
+    struct MemoryLog {
+        rows: Mutex<Vec<LogRow>>,
+        feeds: Mutex<HashMap<Feed, (LogPosition, Option<Uuid>)>>,
+    }
+
+    impl MemoryLog {
+        fn push(&self, with_message: bool) {
+            let mut rows = self.rows.lock().unwrap();
+            let position = LogPosition(1, rows.len() as i64 + 1);
+            let order_id = OrderId::new();
+            rows.push(LogRow {
+                position,
+                event: Some(EventRecord {
+                    event_id: Uuid::new_v4(),
+                    order_id,
+                    seq: position.1,
+                    kind: SagaEventKind::CommandSent,
+                    payload: serde_json::json!({}),
+                    at: Utc::now(),
+                }),
+                message: with_message.then(|| {
+                    OutboundMessage::new(
+                        Uuid::new_v4(),
+                        Topic::UserValidationCommands,
+                        order_id,
+                        MessageType::ValidateUser,
+                        "c",
+                        &serde_json::json!({}),
+                    )
+                }),
+            });
+        }
+
+        fn position(&self, feed: Feed) -> LogPosition {
+            self.feeds
+                .lock()
+                .unwrap()
+                .get(&feed)
+                .map_or(LogPosition(0, 0), |f| f.0)
+        }
+    }
+
+    #[async_trait]
+    impl SagaLog for MemoryLog {
+        async fn read_feed(
+            &self,
+            feed: Feed,
+            holder: Uuid,
+            _lease: Duration,
+            limit: u32,
+        ) -> Result<Option<Vec<LogRow>>, StoreError> {
+            let mut feeds = self.feeds.lock().unwrap();
+            let entry = feeds.entry(feed).or_insert((LogPosition(0, 0), None));
+            if entry.1.is_some_and(|h| h != holder) {
+                return Ok(None);
+            }
+            entry.1 = Some(holder);
+            let after = entry.0;
+            Ok(Some(
+                self.rows
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r.position > after)
+                    .take(limit as usize)
+                    .cloned()
+                    .collect(),
+            ))
+        }
+        async fn advance_feed(
+            &self,
+            feed: Feed,
+            holder: Uuid,
+            to: LogPosition,
+        ) -> Result<bool, StoreError> {
+            let mut feeds = self.feeds.lock().unwrap();
+            let entry = feeds.get_mut(&feed).unwrap();
+            if entry.1 != Some(holder) {
+                return Ok(false);
+            }
+            entry.0 = to;
+            Ok(true)
+        }
+        async fn wait_for_work(&self, _feed: Feed, _timeout: Duration) {}
+        async fn backlog(&self, _feed: Feed) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+    }
+
+    #[derive(Default)]
+    struct Broker {
+        sent: Mutex<Vec<OutboundMessage>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl MessagePublisher for Broker {
+        async fn publish(&self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(PublishError("down".into()));
+            }
+            self.sent.lock().unwrap().extend_from_slice(messages);
+            Ok(())
+        }
+        async fn dead_letter(&self, _: &InboundMessage, _: &str) -> Result<(), PublishError> {
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), PublishError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<EventRecord>>);
+
+    #[async_trait]
+    impl EventLog for Events {
+        async fn append(&self, events: &[EventRecord]) -> Result<(), EventLogError> {
+            self.0.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+        async fn for_order(&self, _: OrderId) -> Result<Vec<EventRecord>, EventLogError> {
+            Ok(vec![])
+        }
+        async fn ping(&self) -> Result<(), EventLogError> {
+            Ok(())
+        }
+    }
+
+    fn relay(log: &Arc<MemoryLog>, broker: &Arc<Broker>, events: &Arc<Events>) -> Relay {
+        Relay::new(
+            log.clone(),
+            broker.clone(),
+            events.clone(),
+            RelaySettings {
+                batch_size: 2,
+                ..RelaySettings::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn each_feed_delivers_its_part_of_the_rows_and_moves_past_them() {
+        let (log, broker, events) = (
+            Arc::new(MemoryLog::default()),
+            Arc::new(Broker::default()),
+            Arc::new(Events::default()),
+        );
+        log.push(true);
+        log.push(false);
+        log.push(true);
+        let relay = relay(&log, &broker, &events);
+        // Two rows a batch: the first holds one message, the second the other.
+        assert_eq!(
+            relay.pass(Feed::Messages).await.unwrap(),
+            Pass::Relayed { rows: 2, sent: 1 }
+        );
+        assert_eq!(
+            relay.pass(Feed::Messages).await.unwrap(),
+            Pass::Relayed { rows: 1, sent: 1 }
+        );
+        assert_eq!(
+            relay.pass(Feed::Messages).await.unwrap(),
+            Pass::Relayed { rows: 0, sent: 0 }
+        );
+        assert_eq!(broker.sent.lock().unwrap().len(), 2);
+        // The events feed has its own position: every row is an event.
+        assert_eq!(log.position(Feed::Events), LogPosition(0, 0));
+        while relay.pass(Feed::Events).await.unwrap() != (Pass::Relayed { rows: 0, sent: 0 }) {}
+        assert_eq!(events.0.lock().unwrap().len(), 3);
+        assert_eq!(log.position(Feed::Events), LogPosition(1, 3));
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_broker_refused_is_read_again_and_nothing_is_skipped() {
+        let (log, broker, events) = (
+            Arc::new(MemoryLog::default()),
+            Arc::new(Broker::default()),
+            Arc::new(Events::default()),
+        );
+        log.push(true);
+        let relay = relay(&log, &broker, &events);
+        broker.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(relay.pass(Feed::Messages).await.is_err());
+        assert_eq!(
+            log.position(Feed::Messages),
+            LogPosition(0, 0),
+            "the position stays"
+        );
+        broker
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            relay.pass(Feed::Messages).await.unwrap(),
+            Pass::Relayed { rows: 1, sent: 1 }
+        );
+        assert_eq!(broker.sent.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_feed_another_relay_holds_is_left_to_it() {
+        let (log, broker, events) = (
+            Arc::new(MemoryLog::default()),
+            Arc::new(Broker::default()),
+            Arc::new(Events::default()),
+        );
+        log.push(true);
+        let first = relay(&log, &broker, &events);
+        let second = relay(&log, &broker, &events);
+        assert!(matches!(
+            first.pass(Feed::Messages).await.unwrap(),
+            Pass::Relayed { .. }
+        ));
+        assert_eq!(second.pass(Feed::Messages).await.unwrap(), Pass::Held);
+        assert_eq!(broker.sent.lock().unwrap().len(), 1, "sent once");
     }
 }

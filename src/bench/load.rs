@@ -80,7 +80,7 @@ async fn stages(pool: &PgPool, users: &[String]) -> anyhow::Result<Vec<Stage>> {
                 min(e.occurred_at) FILTER (WHERE e.event_type = 'saga_started'),
                 min(e.occurred_at) FILTER (WHERE e.event_type = 'reply_received'),
                 o.updated_at
-         FROM orders o JOIN saga_events e ON e.order_id = o.id
+         FROM orders o JOIN saga_log e ON e.order_id = o.id
          WHERE o.user_id = ANY($1) AND o.status <> 'PROCESSING'
          GROUP BY o.id",
     )

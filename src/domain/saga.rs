@@ -264,6 +264,7 @@ impl Saga {
         let StepState::Awaiting {
             attempt: current,
             timeouts,
+            retry_unavailable,
             ..
         } = self.step(step)
         else {
@@ -273,8 +274,9 @@ impl Saga {
             StepOutcome::Unavailable => match policy.on_unavailable {
                 UnavailablePolicy::Cancel => StepOutcome::Failed(CancelReason::UserApiUnavailable),
                 UnavailablePolicy::Wait => {
-                    if attempt != current {
-                        // An older attempt's answer; the newer one is still out.
+                    if attempt != current || retry_unavailable {
+                        // An older attempt's answer (the newer one is still
+                        // out), or this attempt's answer delivered again.
                         return vec![];
                     }
                     let deadline =
@@ -649,6 +651,10 @@ mod tests {
             }]
         );
         assert_eq!(s.next_deadline(), Some(t0() + secs(1)));
+        // The same answer delivered again changes nothing (no second event, same deadline).
+        let waiting = s.clone();
+        assert_eq!(s.on_reply(User, 1, Unavailable, t0() + secs(0), &p), []);
+        assert_eq!(s, waiting);
         assert_eq!(
             s.on_tick(t0() + secs(1), &p),
             [SendCommand {

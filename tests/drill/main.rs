@@ -363,7 +363,7 @@ async fn check_phase(
              SELECT order_id FROM order_status_transitions WHERE order_id = ANY($1::uuid[]) AND from_status = 'PROCESSING'
                GROUP BY order_id HAVING count(*) > 1
              UNION ALL
-             SELECT order_id FROM saga_events WHERE order_id = ANY($1::uuid[]) AND event_type IN ('saga_started', 'status_changed')
+             SELECT order_id FROM saga_log WHERE order_id = ANY($1::uuid[]) AND event_type IN ('saga_started', 'status_changed')
                GROUP BY order_id, event_type HAVING count(*) > 1) d",
     )
     .bind(&ids)
@@ -412,7 +412,7 @@ async fn check_event_log(launcher: &Launcher, settle: Duration) -> Result<String
     let pool = launcher.pool();
     eventually("the event log to catch up", settle, || async {
         let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM saga_events WHERE logged_at IS NULL")
+            sqlx::query_scalar("SELECT count(*) FROM saga_log l, relay_feeds f WHERE f.feed = 'events' AND l.event_id IS NOT NULL AND (l.txid, l.seq) > (f.after_txid, f.after_seq)")
                 .fetch_one(pool)
                 .await
                 .unwrap();
@@ -420,7 +420,7 @@ async fn check_event_log(launcher: &Launcher, settle: Duration) -> Result<String
     })
     .await;
     let pg: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT event_id::text, order_id::text, event_type FROM saga_events")
+        sqlx::query_as("SELECT event_id::text, order_id::text, event_type FROM saga_log WHERE event_id IS NOT NULL")
             .fetch_all(pool)
             .await
             .unwrap();

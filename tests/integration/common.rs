@@ -841,7 +841,7 @@ impl Launcher {
     /// Counts saga events of `kind` for `order` in PostgreSQL (the event log's source).
     pub async fn events_of(&self, order: &str, kind: &str) -> i64 {
         sqlx::query_scalar(
-            "SELECT count(*) FROM saga_events WHERE order_id = $1::uuid AND event_type = $2",
+            "SELECT count(*) FROM saga_log WHERE order_id = $1::uuid AND event_type = $2",
         )
         .bind(order)
         .bind(kind)

@@ -63,14 +63,15 @@ async fn a_mongodb_outage_delays_the_event_log_but_not_the_saga_and_the_log_catc
     mongo.start();
     // Every event PostgreSQL recorded reaches MongoDB, once.
     let coll = launcher.env.mongo.log.collection().clone();
-    let expected: Vec<(String,)> = sqlx::query_as("SELECT event_id::text FROM saga_events")
-        .fetch_all(launcher.pool())
-        .await
-        .unwrap();
+    let expected: Vec<(String,)> =
+        sqlx::query_as("SELECT event_id::text FROM saga_log WHERE event_id IS NOT NULL")
+            .fetch_all(launcher.pool())
+            .await
+            .unwrap();
     let expected: HashSet<String> = expected.into_iter().map(|(id,)| id).collect();
     eventually("the event log to catch up", SETTLE, || async {
         let unlogged: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM saga_events WHERE logged_at IS NULL")
+            sqlx::query_scalar("SELECT count(*) FROM saga_log l, relay_feeds f WHERE f.feed = 'events' AND l.event_id IS NOT NULL AND (l.txid, l.seq) > (f.after_txid, f.after_seq)")
                 .fetch_one(launcher.pool())
                 .await
                 .unwrap();
@@ -184,7 +185,7 @@ async fn a_step_without_replies_is_retried_then_canceled_and_its_deadline_surviv
         ("CANCELED", Some("VALIDATION_TIMEOUT"))
     );
     let balance_timeouts: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM saga_events WHERE order_id = $1::uuid AND event_type = 'step_timed_out'
+        "SELECT count(*) FROM saga_log WHERE order_id = $1::uuid AND event_type = 'step_timed_out'
            AND payload->>'step' = 'balance'",
     )
     .bind(&id)
@@ -194,7 +195,7 @@ async fn a_step_without_replies_is_retried_then_canceled_and_its_deadline_surviv
     // (The user step may time out too when this machine is slow; only the balance step must.)
     assert_eq!(balance_timeouts, 3, "all three balance attempts timed out");
     let sent: Vec<(Value,)> = sqlx::query_as(
-        "SELECT payload FROM saga_events WHERE order_id = $1::uuid AND event_type = 'command_sent' ORDER BY seq",
+        "SELECT payload FROM saga_log WHERE order_id = $1::uuid AND event_type = 'command_sent' ORDER BY seq",
     )
     .bind(&id)
     .fetch_all(launcher.pool())
@@ -249,7 +250,7 @@ async fn with_the_wait_policy_an_order_waits_for_the_user_api_to_come_back() {
     // The user validator has answered "error" at least twice: the saga is waiting, not canceling.
     eventually("the saga to ask again after an error", SETTLE, || async {
         let asked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM saga_events WHERE order_id = $1::uuid AND event_type = 'command_sent' AND payload->>'step' = 'user'",
+            "SELECT count(*) FROM saga_log WHERE order_id = $1::uuid AND event_type = 'command_sent' AND payload->>'step' = 'user'",
         )
         .bind(&id)
         .fetch_one(launcher.pool())

@@ -7,7 +7,8 @@ use ordersaga::adapters::http::{AppState, router};
 use ordersaga::adapters::kafka::KafkaPublisher;
 use ordersaga::application::health::{Dependency, Readiness};
 use ordersaga::application::orders::{Admission, OrderService};
-use ordersaga::application::ports::Outbox;
+use ordersaga::application::ports::Feed;
+use ordersaga::application::relay::{Relay, RelaySettings};
 use serde_json::Value;
 
 use crate::common::{Api, TestDb, TestMongo, kafka_settings};
@@ -459,7 +460,13 @@ async fn events_come_from_the_event_log() {
         0,
         "not copied to the log yet"
     );
-    f.db.store.relay_events(100, &f.mongo.log).await.unwrap();
+    let relay = Relay::new(
+        Arc::new(f.db.store.clone()),
+        Arc::new(crate::common::fakes::Publisher::default()),
+        Arc::new(f.mongo.log.clone()),
+        RelaySettings::default(),
+    );
+    relay.pass(Feed::Events).await.unwrap();
     let (_, events) = f.api.get_json(&format!("/api/order/{id}/events")).await;
     let list = events["events"].as_array().unwrap();
     assert_eq!(list.len(), 1);

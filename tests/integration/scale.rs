@@ -71,7 +71,7 @@ async fn assert_settled_exactly_once(launcher: &Launcher, orders: &[(usize, Stri
     .unwrap();
     assert_eq!(twice, 0, "each order leaves PROCESSING exactly once");
     let double_events: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT order_id FROM saga_events WHERE event_type IN ('status_changed', 'saga_started')
+        "SELECT count(*) FROM (SELECT order_id FROM saga_log WHERE event_type IN ('status_changed', 'saga_started')
                                GROUP BY order_id, event_type HAVING count(*) > 1) t",
     )
     .fetch_one(pool)
@@ -82,7 +82,7 @@ async fn assert_settled_exactly_once(launcher: &Launcher, orders: &[(usize, Stri
         "no duplicate saga_started or status_changed event"
     );
     let double_replies: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT order_id FROM saga_events WHERE event_type = 'reply_received'
+        "SELECT count(*) FROM (SELECT order_id FROM saga_log WHERE event_type = 'reply_received'
                                GROUP BY order_id, payload->>'step' HAVING count(*) > 1) t",
     )
     .fetch_one(pool)

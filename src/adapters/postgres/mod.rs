@@ -1,12 +1,11 @@
-//! PostgreSQL: orders, sagas, the outboxes and idempotency keys.
+//! PostgreSQL: orders with their sagas, the saga log, and idempotency keys.
 
 mod group;
+mod log;
 mod orders;
-mod outbox;
 mod saga;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,15 +16,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Refused;
-use crate::application::messages::OutboundMessage;
 use crate::application::ports::StoreError;
-
-use outbox::HandOff;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Channel on which writers tell relays in other processes that outbox rows were committed.
-const OUTBOX_CHANNEL: &str = "ordersaga_outbox";
+/// Channel on which writers tell relays in other processes that log rows were committed.
+const LOG_CHANNEL: &str = "ordersaga_log";
 
 /// Least time between two announcements on `OUTBOX_CHANNEL`: under load one
 /// NOTIFY stands for many commits, and a relay that is busy does not need them.
@@ -109,80 +105,40 @@ impl PgSettings {
     pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
-/// Wakes the relays after a commit that wrote outbox rows.
-#[derive(Clone)]
+/// Wakes the relays after a commit that wrote log rows: this process's at
+/// once, the others' through a NOTIFY (`announce_log`).
+#[derive(Clone, Default)]
 pub(crate) struct Wake {
     messages: Arc<Notify>,
     events: Arc<Notify>,
-    /// Set after a commit that wrote outbox rows; `announce_outbox` tells other processes.
     announce: Arc<Notify>,
-    /// Messages were written that no hand-off brings: the next announcement names them.
-    announce_messages: Arc<AtomicBool>,
-    /// The message outbox may hold rows no hand-off brings (written elsewhere,
-    /// left after a crash or a failed hand-off): this process's relay reads
-    /// the table next time instead of only taking what was handed to it.
-    scan_due: Arc<AtomicBool>,
-    /// Set when this process runs a relay (`PgStore::with_hand_off`).
-    hand_off: Option<Arc<HandOff>>,
-}
-
-impl Default for Wake {
-    fn default() -> Self {
-        Self {
-            messages: Arc::default(),
-            events: Arc::default(),
-            announce: Arc::default(),
-            announce_messages: Arc::default(),
-            // Rows may be waiting from before this process started.
-            scan_due: Arc::new(AtomicBool::new(true)),
-            hand_off: None,
-        }
-    }
 }
 
 impl Wake {
-    /// How long outbox rows written now stay reserved for the hand-off, or
-    /// `None` when this process hands nothing off.
-    pub(crate) fn lease(&self) -> Option<Duration> {
-        self.hand_off.as_ref().map(|h| h.lease)
-    }
-
-    /// Called after a transaction that wrote `messages` to the outbox, and
-    /// saga events if `events`, has committed. With a hand-off the messages
-    /// go straight to this process's relay; otherwise the relay here is woken
-    /// to read the table, and `PgStore::announce_outbox` tells relays elsewhere.
+    /// Called after a transaction that wrote log rows (with messages among
+    /// them if `messages`) has committed.
     ///
     /// This is not a trigger on purpose: a transaction that NOTIFYs holds a
     /// database-wide lock from its commit until it is flushed, so every
     /// writer's commit would wait for the one before it (no group commit).
     /// Measured with pgbench, 8 clients: 4,200 single-row commits/s without
     /// NOTIFY, 1,400/s with (docs/performance.md).
-    pub(crate) fn committed(&self, messages: Vec<OutboundMessage>, events: bool) {
-        if !messages.is_empty() {
-            match &self.hand_off {
-                Some(hand_off) => hand_off.give(messages),
-                None => {
-                    self.scan_due.store(true, Ordering::SeqCst);
-                    self.announce_messages.store(true, Ordering::SeqCst);
-                    self.announce.notify_one();
-                }
-            }
+    pub(crate) fn committed(&self, messages: bool) {
+        if messages {
             self.messages.notify_one();
         }
-        if events {
-            self.events.notify_one();
-            self.announce.notify_one();
-        }
+        self.events.notify_one();
+        self.announce.notify_one();
     }
 
-    /// Someone else may have written message rows: read the table next time.
-    fn messages_elsewhere(&self) {
-        self.scan_due.store(true, Ordering::SeqCst);
+    /// Rows may have been written elsewhere: look.
+    fn elsewhere(&self) {
         self.messages.notify_one();
+        self.events.notify_one();
     }
 }
 
-/// The Postgres adapter; implements `OrderStore`, `SagaStore` and `Outbox`.
+/// The Postgres adapter; implements `OrderStore`, `SagaStore` and `SagaLog`.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -243,15 +199,6 @@ impl PgStore {
         }
     }
 
-    /// The same store, handing the messages its writers commit straight to
-    /// this process's relay (call it only where a relay runs, before the
-    /// first write). Their rows are reserved for `lease`: if the hand-off has
-    /// not deleted a row by then (the process died, say), any relay sends it.
-    pub fn with_hand_off(mut self, lease: Duration) -> Self {
-        self.wake.hand_off = Some(Arc::new(HandOff::new(lease)));
-        self
-    }
-
     /// The same store inserting up to `writers` new orders at once before
     /// they queue, and then `writers` at a time in groups (`orders.rs`).
     pub fn with_order_writers(mut self, writers: usize, queue_max: usize) -> Self {
@@ -265,28 +212,22 @@ impl PgStore {
         self
     }
 
-    /// Sends a NOTIFY on the outbox channel after commits that wrote outbox
-    /// rows (`Wake::outbox_written`), at most one per `ANNOUNCE_GAP`, outside those
-    /// transactions. Relays in other processes hear it through
-    /// `listen_for_outbox`; if one is missed they still look every idle poll.
-    pub async fn announce_outbox(self, shutdown: CancellationToken) {
+    /// Sends a NOTIFY on the log channel after commits that wrote log rows
+    /// (`Wake::committed`), at most one per `ANNOUNCE_GAP`, outside those
+    /// transactions. Relays in other processes hear it through `listen_for_log`;
+    /// if one is missed they still look every idle poll.
+    pub async fn announce_log(self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.announce.notified() => {}
             }
-            // Handed-off messages need no announcement: this process's relay sends them.
-            let sql = if self.wake.announce_messages.swap(false, Ordering::SeqCst) {
-                "SELECT pg_notify($1, 'outbox'), pg_notify($1, 'saga_events')"
-            } else {
-                "SELECT pg_notify($1, 'saga_events')"
-            };
-            let sent = sqlx::query(sql)
-                .bind(OUTBOX_CHANNEL)
+            let sent = sqlx::query("SELECT pg_notify($1, 'log')")
+                .bind(LOG_CHANNEL)
                 .execute(&self.pool)
                 .await;
             if let Err(e) = sent {
-                tracing::debug!(error = %e, "cannot announce outbox rows; relays elsewhere will find them on their idle poll");
+                tracing::debug!(error = %e, "cannot announce log rows; relays elsewhere will find them on their idle poll");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -320,10 +261,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// Listens for outbox announcements (`announce_outbox`) and wakes the relay loops. Runs until
-    /// `shutdown`; if the listening connection drops, it reconnects and wakes
-    /// both loops so nothing committed meanwhile waits for the idle poll.
-    pub async fn listen_for_outbox(self, shutdown: CancellationToken) {
+    /// Listens for log announcements (`announce_log`) and wakes the relay
+    /// loops. Runs until `shutdown`; if the listening connection drops, it
+    /// reconnects and wakes both loops so nothing committed meanwhile waits
+    /// for the idle poll.
+    pub async fn listen_for_log(self, shutdown: CancellationToken) {
         let mut listener: Option<PgListener> = None;
         loop {
             if shutdown.is_cancelled() {
@@ -332,20 +274,19 @@ impl PgStore {
             let l = match listener.as_mut() {
                 Some(l) => l,
                 None => match PgListener::connect_with(&self.pool).await {
-                    Ok(mut l) => match l.listen(OUTBOX_CHANNEL).await {
+                    Ok(mut l) => match l.listen(LOG_CHANNEL).await {
                         Ok(()) => {
-                            self.wake.messages_elsewhere();
-                            self.wake.events.notify_one();
+                            self.wake.elsewhere();
                             listener.insert(l)
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "cannot LISTEN for outbox notifications; retrying");
+                            tracing::warn!(error = %e, "cannot LISTEN for log notifications; retrying");
                             tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => return }
                             continue;
                         }
                     },
                     Err(e) => {
-                        tracing::debug!(error = %e, "outbox listener cannot connect; retrying");
+                        tracing::debug!(error = %e, "log listener cannot connect; retrying");
                         tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => return }
                         continue;
                     }
@@ -354,17 +295,10 @@ impl PgStore {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 n = l.try_recv() => match n {
-                    Ok(Some(n)) => match n.payload() {
-                        "outbox" => self.wake.messages_elsewhere(),
-                        _ => self.wake.events.notify_one(),
-                    },
-                    Ok(None) => {
-                        // Connection lost and re-established: notifications may have been missed.
-                        self.wake.messages_elsewhere();
-                        self.wake.events.notify_one();
-                    }
+                    // A notification, or the connection re-established (one may have been missed).
+                    Ok(_) => self.wake.elsewhere(),
                     Err(e) => {
-                        tracing::debug!(error = %e, "outbox listener lost its connection");
+                        tracing::debug!(error = %e, "log listener lost its connection");
                         listener = None;
                     }
                 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::application::messages::OutboundMessage;
 use crate::application::ports::{
-    IdempotencyClaim, NewEvent, OrderPage, OrderStore, PlaceOutcome, StoreError,
+    IdempotencyClaim, LogEntry, NewEvent, OrderPage, OrderStore, PlaceOutcome, StoreError,
 };
 use crate::domain::{Installment, Money, NewOrder, Order, OrderId, UserId};
 
@@ -59,27 +59,23 @@ impl TryFrom<OrderRow> for Order {
     }
 }
 
-/// The order, its `order-created` message and its first saga event, in one
-/// statement (so, without an idempotency key, one round trip and an implicit
-/// transaction instead of five round trips). The message's row is reserved
-/// for `lease` when it is handed off (`Wake::committed`).
+/// The order and its first saga-log entry (the `order_created` event with
+/// the `order-created` message), in one statement: one round trip and an
+/// implicit transaction, two rows.
 fn insert_order<'q>(
     order: &'q Order,
     correlation_id: &'q str,
-    message: &'q OutboundMessage,
     event: &'q NewEvent,
-    lease: Option<std::time::Duration>,
+    message: &'q OutboundMessage,
 ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(
         "WITH new_order AS (
              INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9)
-         ), message AS (
-             INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at, handed_until)
-             VALUES ($10, $11, $12, $13, $14, $15, $16, now() + $22::interval)
          )
-         INSERT INTO saga_events (event_id, order_id, event_type, payload, occurred_at)
-         VALUES ($17, $18, $19, $20, $21)",
+         INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload,
+                               message_id, topic, message_type, correlation_id, message)
+         VALUES ($1, $10, $11, $12, $13, $14, $15, $16, $7, $17)",
     )
     .bind(order.id.0)
     .bind(order.user_id.as_str())
@@ -90,35 +86,37 @@ fn insert_order<'q>(
     .bind(correlation_id)
     .bind(order.created_at)
     .bind(order.updated_at)
-    .bind(message.message_id)
-    .bind(message.topic.name())
-    .bind(message.key.as_str())
-    .bind(message.message_type.as_str())
-    .bind(message.correlation_id.as_str())
-    .bind(&message.payload)
-    .bind(message.time)
+    .bind(event.at)
     .bind(event.event_id)
-    .bind(event.order_id.0)
     .bind(event.kind.as_str())
     .bind(&event.payload)
-    .bind(event.at)
-    .bind(lease)
+    .bind(message.message_id)
+    .bind(message.topic.name())
+    .bind(message.message_type.as_str())
+    .bind(&message.payload)
 }
 
-/// Inserts a batch of new orders, each with its message and first event, in
-/// one statement (its own transaction): see `InsertQueue`.
+/// A new order's entry must carry its `order-created` message.
+fn order_created(entry: &LogEntry) -> Result<&OutboundMessage, StoreError> {
+    entry.message.as_ref().ok_or_else(|| {
+        StoreError::Other(anyhow::anyhow!(
+            "a new order's log entry must carry its order-created message"
+        ))
+    })
+}
+
+/// Inserts a batch of new orders, each with its first log entry, in one
+/// statement (its own transaction): see `InsertQueue`.
 const INSERT_BATCH_SQL: &str = "WITH new_orders AS (
          INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
          SELECT id, user_id, value, installment, method, status, NULL, correlation_id, created_at, updated_at
          FROM UNNEST($1::uuid[], $2::text[], $3::numeric[], $4::int[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
               AS o (id, user_id, value, installment, method, status, correlation_id, created_at, updated_at)
-     ), messages AS (
-         INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at, handed_until)
-         SELECT *, now() + $17::interval
-         FROM UNNEST($10::uuid[], $11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[], $16::timestamptz[])
      )
-     INSERT INTO saga_events (event_id, order_id, event_type, payload, occurred_at)
-     SELECT * FROM UNNEST($18::uuid[], $19::uuid[], $20::text[], $21::jsonb[], $22::timestamptz[])";
+     INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload,
+                           message_id, topic, message_type, correlation_id, message)
+     SELECT * FROM UNNEST($1::uuid[], $10::timestamptz[], $11::uuid[], $12::text[], $13::jsonb[],
+                          $14::uuid[], $15::text[], $16::text[], $7::text[], $17::jsonb[])";
 
 /// Most new orders in one statement.
 const ORDER_BATCH_MAX: usize = 64;
@@ -127,8 +125,8 @@ const ORDER_BATCH_MAX: usize = 64;
 pub(super) struct Insert {
     order: Order,
     correlation_id: String,
-    message: OutboundMessage,
     event: NewEvent,
+    message: OutboundMessage,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -202,59 +200,51 @@ async fn insert_loop(pool: PgPool, wake: Wake, running: Arc<AtomicUsize>, jobs: 
         running.fetch_add(1, Ordering::SeqCst);
         let _running = RunningGuard(running.clone());
         metrics::histogram!(crate::metrics::ORDER_BATCH_SIZE).record(batch.len() as f64);
-        let lease = wake.lease();
         let outcome = if batch.len() == 1 {
             let j = &batch[0];
-            insert_order(&j.order, &j.correlation_id, &j.message, &j.event, lease)
+            insert_order(&j.order, &j.correlation_id, &j.event, &j.message)
                 .execute(&pool)
                 .await
                 .map(|_| ())
+                .map_err(classify)
         } else {
-            insert_batch(&pool, &batch, lease).await
+            insert_batch(&pool, &batch).await.map_err(classify)
         };
         match outcome {
             Ok(()) => {
-                let (messages, done): (Vec<_>, Vec<_>) =
-                    batch.into_iter().map(|j| (j.message, j.done)).unzip();
-                wake.committed(messages, true);
-                for done in done {
-                    let _ = done.send(Ok(()));
+                wake.committed(true);
+                for j in batch {
+                    let _ = j.done.send(Ok(()));
                 }
             }
-            Err(e) => match classify(e) {
-                e if batch.len() == 1 => {
-                    let _ = batch.into_iter().next().map(|j| j.done.send(Err(e)));
+            Err(e) if batch.len() == 1 => {
+                let _ = batch.into_iter().next().map(|j| j.done.send(Err(e)));
+            }
+            Err(StoreError::Unavailable(detail)) => {
+                for j in batch {
+                    let _ = j.done.send(Err(StoreError::Unavailable(detail.clone())));
                 }
-                StoreError::Unavailable(detail) => {
-                    for j in batch {
-                        let _ = j.done.send(Err(StoreError::Unavailable(detail.clone())));
+            }
+            Err(e) => {
+                // One order's failure must not fail the others: one by one.
+                tracing::debug!(error = %e, orders = batch.len(), "order batch failed; inserting its orders one by one");
+                for j in batch {
+                    let one = insert_order(&j.order, &j.correlation_id, &j.event, &j.message)
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(classify);
+                    if one.is_ok() {
+                        wake.committed(true);
                     }
+                    let _ = j.done.send(one);
                 }
-                e => {
-                    // One order's failure must not fail the others: one by one.
-                    tracing::debug!(error = %e, orders = batch.len(), "order batch failed; inserting its orders one by one");
-                    for j in batch {
-                        let one =
-                            insert_order(&j.order, &j.correlation_id, &j.message, &j.event, lease)
-                                .execute(&pool)
-                                .await
-                                .map_err(classify);
-                        if one.is_ok() {
-                            wake.committed(vec![j.message], true);
-                        }
-                        let _ = j.done.send(one.map(|_| ()));
-                    }
-                }
-            },
+            }
         }
     }
 }
 
-async fn insert_batch(
-    pool: &PgPool,
-    batch: &[Insert],
-    lease: Option<std::time::Duration>,
-) -> Result<(), sqlx::Error> {
+async fn insert_batch(pool: &PgPool, batch: &[Insert]) -> Result<(), sqlx::Error> {
     sqlx::query(INSERT_BATCH_SQL)
         .bind(column(batch, |j| j.order.id.0))
         .bind(column(batch, |j| j.order.user_id.as_str()))
@@ -265,19 +255,14 @@ async fn insert_batch(
         .bind(column(batch, |j| j.correlation_id.as_str()))
         .bind(column(batch, |j| j.order.created_at))
         .bind(column(batch, |j| j.order.updated_at))
-        .bind(column(batch, |j| j.message.message_id))
-        .bind(column(batch, |j| j.message.topic.name()))
-        .bind(column(batch, |j| j.message.key.as_str()))
-        .bind(column(batch, |j| j.message.message_type.as_str()))
-        .bind(column(batch, |j| j.message.correlation_id.as_str()))
-        .bind(column(batch, |j| j.message.payload.clone()))
-        .bind(column(batch, |j| j.message.time))
-        .bind(lease)
+        .bind(column(batch, |j| j.event.at))
         .bind(column(batch, |j| j.event.event_id))
-        .bind(column(batch, |j| j.event.order_id.0))
         .bind(column(batch, |j| j.event.kind.as_str()))
         .bind(column(batch, |j| j.event.payload.clone()))
-        .bind(column(batch, |j| j.event.at))
+        .bind(column(batch, |j| j.message.message_id))
+        .bind(column(batch, |j| j.message.topic.name()))
+        .bind(column(batch, |j| j.message.message_type.as_str()))
+        .bind(column(batch, |j| j.message.payload.clone()))
         .execute(pool)
         .await
         .map(|_| ())
@@ -289,15 +274,14 @@ impl PgStore {
         &self,
         order: &Order,
         correlation_id: &str,
-        message: &OutboundMessage,
-        event: &NewEvent,
+        entry: &LogEntry,
     ) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
         let job = Insert {
             order: order.clone(),
             correlation_id: correlation_id.to_owned(),
-            message: message.clone(),
-            event: event.clone(),
+            event: entry.event.clone(),
+            message: order_created(entry)?.clone(),
             done,
         };
         self.inserts.submit(&self.pool, &self.wake, job);
@@ -355,10 +339,10 @@ impl OrderStore for PgStore {
         order: &Order,
         correlation_id: &str,
         idempotency: Option<&IdempotencyClaim>,
-        message: &OutboundMessage,
-        event: &NewEvent,
+        entry: &LogEntry,
     ) -> Result<PlaceOutcome, StoreError> {
-        let insert = || insert_order(order, correlation_id, message, event, self.wake.lease());
+        let message = order_created(entry)?;
+        let insert = || insert_order(order, correlation_id, &entry.event, message);
         match idempotency {
             // Inserted here while few inserts run (one statement, its own
             // transaction); otherwise queued for a writer, which inserts it
@@ -367,9 +351,8 @@ impl OrderStore for PgStore {
                 if let Some(_slot) = self.inserts.inline_slot() {
                     insert().execute(&self.pool).await.map_err(classify)?;
                 } else {
-                    self.queue_insert(order, correlation_id, message, event)
-                        .await?;
-                    // The writer has handed the message to the relay.
+                    self.queue_insert(order, correlation_id, entry).await?;
+                    // The writer has woken the relays.
                     return Ok(PlaceOutcome::Created(order.clone()));
                 }
             }
@@ -392,7 +375,7 @@ impl OrderStore for PgStore {
                 tx.commit().await.map_err(classify)?;
             }
         }
-        self.wake.committed(vec![message.clone()], true);
+        self.wake.committed(true);
         Ok(PlaceOutcome::Created(order.clone()))
     }
 

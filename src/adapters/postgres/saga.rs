@@ -1,15 +1,18 @@
 //! `SagaStore` on PostgreSQL: each decision in a transaction, with the order
-//! row locked so decisions about one order never interleave.
+//! row (which carries the saga) locked, so decisions about one order never
+//! interleave.
 //!
 //! Decisions are written by group commit: `transact` queues its decision,
 //! and a few writer tasks each take every decision queued so far (up to
-//! `saga_batch_max`, one per order) and apply them in one transaction. Under
-//! light load a batch holds one decision and nothing waits; under heavy load
-//! one commit (one WAL flush, six round trips) stands for many decisions
-//! instead of each paying its own. If a batch fails, its decisions are
-//! retried one by one, so one bad decision cannot fail the others.
+//! `saga_batch_max`) and apply them in one transaction of four round trips
+//! (begin, lock and read the orders, write, commit), whatever their number.
+//! Several decisions about one order in a batch (both replies arrived
+//! together, say) run one after the other on the state the one before left,
+//! and the order is written once. A decision that fails (an unreadable row,
+//! a panic) fails alone; if the write fails, the decisions are retried one by
+//! one, so one bad decision cannot fail the others.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -19,9 +22,9 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::application::ports::{
-    SagaContext, SagaDecision, SagaOutcome, SagaStore, SagaWrite, StoreError,
+    LogEntry, SagaContext, SagaDecision, SagaOutcome, SagaStore, SagaWrite, StoreError,
 };
-use crate::domain::{Order, OrderId, Saga};
+use crate::domain::{Order, OrderId, Saga, Settlement};
 
 use super::group::{GroupQueue, Jobs, NotQueued, next_batch};
 use super::orders::{ORDER_COLUMNS, OrderRow};
@@ -32,55 +35,42 @@ struct LockedOrder {
     #[sqlx(flatten)]
     order: OrderRow,
     correlation_id: String,
+    saga: Option<serde_json::Value>,
 }
 
-/// Locks and reads the orders `$1`, in id order so that two batches that
-/// share orders cannot deadlock. The sagas are read by a statement of their
-/// own, after the lock: a row joined here but not locked could come back as
-/// it was before a concurrent decision about the same order committed
-/// (PostgreSQL re-reads only the locked rows after waiting for a lock).
+/// Locks and reads the orders `$1` with their sagas, in id order so that two
+/// batches that share orders cannot deadlock.
 static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {ORDER_COLUMNS}, correlation_id FROM orders
+        "SELECT {ORDER_COLUMNS}, correlation_id, saga FROM orders
          WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     )
 });
 
-/// Records message ids as processed; returns those that were new.
-const RECORD_SQL: &str = "INSERT INTO processed_messages (consumer, message_id)
-     SELECT * FROM UNNEST($1::text[], $2::uuid[])
-     ON CONFLICT DO NOTHING RETURNING consumer, message_id";
-
-const SAGAS_SQL: &str = "SELECT order_id, state FROM sagas WHERE order_id = ANY($1)";
-
-/// Writes a batch of decisions: the sagas, the orders' settlements (only
-/// from PROCESSING), the outbox messages (reserved for the hand-off's lease,
-/// if any) and the saga events; returns how many orders were settled. One
-/// round trip.
-const WRITE_SQL: &str = "WITH saga AS (
-         INSERT INTO sagas (order_id, state, next_deadline)
-         SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::timestamptz[])
-         ON CONFLICT (order_id) DO UPDATE SET state = EXCLUDED.state,
-             next_deadline = EXCLUDED.next_deadline, updated_at = now()
-     ), settled AS (
-         UPDATE orders o SET status = s.status, cancel_reason = s.reason, updated_at = $7
-         FROM UNNEST($4::uuid[], $5::text[], $6::text[]) AS s (id, status, reason)
-         WHERE o.id = s.id AND o.status = 'PROCESSING'
-         RETURNING 1
-     ), messages AS (
-         INSERT INTO outbox (message_id, topic, message_key, message_type, correlation_id, payload, created_at, handed_until)
-         SELECT *, now() + $20::interval
-         FROM UNNEST($8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::timestamptz[])
-     ), events AS (
-         INSERT INTO saga_events (event_id, order_id, event_type, payload, occurred_at)
-         SELECT * FROM UNNEST($15::uuid[], $16::uuid[], $17::text[], $18::jsonb[], $19::timestamptz[])
+/// Writes a batch of decisions in one statement: each order's saga (and its
+/// settlement, only from PROCESSING) in place, and the log entries. Returns
+/// how many orders it updated and how many of them it settled.
+const WRITE_SQL: &str = "WITH updated AS (
+         UPDATE orders o
+            SET saga = w.saga, next_deadline = w.next_deadline,
+                status = coalesce(w.status, o.status),
+                cancel_reason = CASE WHEN w.status IS NULL THEN o.cancel_reason ELSE w.reason END,
+                updated_at = CASE WHEN w.status IS NULL THEN o.updated_at ELSE $6 END
+           FROM UNNEST($1::uuid[], $2::jsonb[], $3::timestamptz[], $4::text[], $5::text[])
+                AS w (id, saga, next_deadline, status, reason)
+          WHERE o.id = w.id AND (w.status IS NULL OR o.status = 'PROCESSING')
+         RETURNING w.status IS NOT NULL AS settled
+     ), logged AS (
+         INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload,
+                               message_id, topic, message_type, correlation_id, message)
+         SELECT * FROM UNNEST($7::uuid[], $8::timestamptz[], $9::uuid[], $10::text[], $11::jsonb[],
+                              $12::uuid[], $13::text[], $14::text[], $15::text[], $16::jsonb[])
      )
-     SELECT count(*) FROM settled";
+     SELECT count(*), count(*) FILTER (WHERE settled) FROM updated";
 
 /// One queued decision and where its outcome goes.
 struct Job {
     order_id: OrderId,
-    dedupe: Option<(String, Uuid)>,
     decide: SagaDecision,
     done: oneshot::Sender<Result<SagaOutcome, StoreError>>,
 }
@@ -139,225 +129,203 @@ struct Writer {
 
 impl Writer {
     async fn run(self, jobs: Jobs<Job>) {
-        while let Some(mut batch) = next_batch(&jobs, self.batch_max).await {
-            // One decision per order and transaction: a second one about the
-            // same order goes in the next round, and sees what the first wrote.
-            while !batch.is_empty() {
-                let mut seen = HashSet::new();
-                let (round, later): (Vec<Job>, Vec<Job>) =
-                    batch.into_iter().partition(|j| seen.insert(j.order_id));
-                self.apply(round).await;
-                batch = later;
-            }
+        while let Some(batch) = next_batch(&jobs, self.batch_max).await {
+            self.apply(batch).await;
         }
     }
 
-    /// Applies a round and answers each job. A decision that fails is
-    /// answered with its error and the rest go again without it; if the
-    /// transaction itself fails, the decisions are retried one by one.
-    async fn apply(&self, round: Vec<Job>) {
-        metrics::histogram!(crate::metrics::SAGA_BATCH_SIZE).record(round.len() as f64);
-        let mut outcomes: Vec<Option<Result<SagaOutcome, StoreError>>> =
-            std::iter::repeat_with(|| None).take(round.len()).collect();
-        let mut pending: Vec<usize> = (0..round.len()).collect();
-        while !pending.is_empty() {
-            let jobs: Vec<&Job> = pending.iter().map(|&i| &round[i]).collect();
-            match self.transact(&jobs).await {
-                Ok(Batch::Committed(done)) => {
-                    for (&i, outcome) in pending.iter().zip(done) {
-                        outcomes[i] = Some(Ok(outcome));
-                    }
-                    pending.clear();
-                }
-                Ok(Batch::DecisionsFailed(failed)) => {
-                    for (at, e) in failed.into_iter().rev() {
-                        outcomes[pending.remove(at)] = Some(Err(e));
-                    }
-                }
-                Err(e @ StoreError::Unavailable(_)) => {
-                    let detail = e.to_string();
-                    for i in pending.drain(..) {
-                        outcomes[i] = Some(Err(StoreError::Unavailable(detail.clone())));
-                    }
-                }
-                Err(e) if pending.len() == 1 => outcomes[pending.remove(0)] = Some(Err(e)),
-                Err(e) => {
-                    tracing::debug!(error = %e, decisions = pending.len(), "saga batch failed; applying its decisions one by one");
-                    for i in pending.drain(..) {
-                        outcomes[i] = Some(match self.transact(&[&round[i]]).await {
-                            Ok(Batch::Committed(mut one)) => Ok(one.remove(0)),
-                            Ok(Batch::DecisionsFailed(mut one)) => Err(one.remove(0).1),
-                            Err(e) => Err(e),
-                        });
-                    }
-                }
+    /// Applies a batch and answers each job; if the transaction fails as a
+    /// whole, the decisions are retried one by one.
+    async fn apply(&self, batch: Vec<Job>) {
+        metrics::histogram!(crate::metrics::SAGA_BATCH_SIZE).record(batch.len() as f64);
+        let jobs: Vec<&Job> = batch.iter().collect();
+        let outcomes = match self.transact(&jobs).await {
+            Ok(outcomes) => outcomes,
+            Err(e @ StoreError::Unavailable(_)) => {
+                let detail = e.to_string();
+                jobs.iter()
+                    .map(|_| Err(StoreError::Unavailable(detail.clone())))
+                    .collect()
             }
-        }
-        for (job, outcome) in round.into_iter().zip(outcomes) {
-            let outcome = outcome.expect("every decision is answered");
+            Err(e) if jobs.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::debug!(error = %e, decisions = jobs.len(), "saga batch failed; applying its decisions one by one");
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for job in &jobs {
+                    outcomes.push(match self.transact(&[job]).await {
+                        Ok(mut one) => one.remove(0),
+                        Err(e) => Err(e),
+                    });
+                }
+                outcomes
+            }
+        };
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
             // The caller may have gone (shutdown); the decision stands anyway.
             let _ = job.done.send(outcome);
         }
     }
 
-    /// One transaction for `jobs` (distinct orders). If a decision fails on
-    /// its own data, nothing is committed and the failures are returned by
-    /// their position in `jobs`; an error of the transaction fails them all.
-    async fn transact(&self, jobs: &[&Job]) -> Result<Batch, StoreError> {
-        let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id.0).collect();
+    /// One transaction for `jobs`: locks their orders, runs each decision on
+    /// its order's current state (in the batch's order, so a second decision
+    /// about an order sees what the first decided), and writes each order
+    /// once with every entry. Each job's outcome comes back in order; an
+    /// error of the transaction fails them all.
+    async fn transact(
+        &self,
+        jobs: &[&Job],
+    ) -> Result<Vec<Result<SagaOutcome, StoreError>>, StoreError> {
+        let mut ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let locked: Vec<LockedOrder> = sqlx::query_as(sqlx::AssertSqlSafe(LOCK_SQL.as_str()))
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
-        let mut orders: HashMap<Uuid, LockedOrder> =
-            locked.into_iter().map(|l| (l.order.id, l)).collect();
-        let (consumers, messages): (Vec<&str>, Vec<Uuid>) = jobs
-            .iter()
-            .filter(|j| orders.contains_key(&j.order_id.0))
-            .filter_map(|j| j.dedupe.as_ref().map(|(c, id)| (c.as_str(), *id)))
-            .unzip();
-        let recorded: HashSet<(String, Uuid)> = if messages.is_empty() {
-            HashSet::new()
-        } else {
-            sqlx::query_as::<_, (String, Uuid)>(RECORD_SQL)
-                .bind(&consumers)
-                .bind(&messages)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?
-                .into_iter()
-                .collect()
-        };
-        let mut sagas: HashMap<Uuid, serde_json::Value> =
-            sqlx::query_as::<_, (Uuid, serde_json::Value)>(SAGAS_SQL)
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?
-                .into_iter()
-                .collect();
+        let mut current: HashMap<Uuid, Result<Current, String>> = locked
+            .into_iter()
+            .map(|l| (l.order.id, Current::read(l).map_err(|e| e.to_string())))
+            .collect();
 
         let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut failed = Vec::new();
-        let mut writes = Vec::new();
-        for (at, job) in jobs.iter().enumerate() {
-            let Some(locked) = orders.remove(&job.order_id.0) else {
-                outcomes.push(SagaOutcome::UnknownOrder);
-                continue;
+        for job in jobs {
+            let outcome = match current.get_mut(&job.order_id.0) {
+                None => Ok(SagaOutcome::UnknownOrder),
+                Some(Err(unreadable)) => Err(StoreError::Other(anyhow::anyhow!("{unreadable}"))),
+                Some(Ok(c)) => c.decide(job),
             };
-            if job.dedupe.as_ref().is_some_and(|d| !recorded.contains(d)) {
-                outcomes.push(SagaOutcome::Duplicate);
-                continue;
-            }
-            match decide(job, locked, sagas.remove(&job.order_id.0)) {
-                Ok(Some(write)) => {
-                    outcomes.push(SagaOutcome::Applied);
-                    writes.push((job.order_id, write));
-                }
-                // Still committed: the message id is now recorded as processed.
-                Ok(None) => outcomes.push(SagaOutcome::NothingToDo),
-                Err(e) => failed.push((at, e)),
-            }
+            outcomes.push(outcome);
         }
-        if !failed.is_empty() {
-            // Its message id must not stay recorded: the message is to be retried.
+        let writes: Vec<(OrderId, SagaWrite)> = current
+            .into_values()
+            .filter_map(Result::ok)
+            .filter_map(|c| c.write.map(|w| (c.ctx.order.id, w)))
+            .collect();
+        if writes.is_empty() {
+            // Nothing to write: the orders' locks go with the transaction.
             tx.rollback().await.map_err(classify)?;
-            return Ok(Batch::DecisionsFailed(failed));
+            return Ok(outcomes);
         }
-        if !writes.is_empty() {
-            let settling = writes.iter().filter(|(_, w)| w.settle.is_some()).count() as i64;
-            let settled = write(&mut tx, &writes, self.wake.lease()).await?;
-            // Guarded twice: by the WHERE clause, and by the transition trigger.
-            if settled != settling {
-                tx.rollback().await.map_err(classify)?;
-                return Err(StoreError::Other(anyhow::anyhow!(
-                    "{} of {settling} orders were no longer PROCESSING when their saga settled them",
-                    settling - settled
-                )));
-            }
+        let settling = writes.iter().filter(|(_, w)| w.settle.is_some()).count() as i64;
+        let (updated, settled) = write(&mut tx, &writes).await?;
+        // Guarded twice: by the WHERE clause, and by the transition trigger.
+        if updated != writes.len() as i64 || settled != settling {
+            tx.rollback().await.map_err(classify)?;
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "{} of {settling} orders were no longer PROCESSING when their saga settled them",
+                settling - settled
+            )));
         }
         tx.commit().await.map_err(classify)?;
-        let events = writes.iter().any(|(_, w)| !w.events.is_empty());
-        let messages = writes.into_iter().flat_map(|(_, w)| w.outbox).collect();
-        self.wake.committed(messages, events);
-        Ok(Batch::Committed(outcomes))
+        self.wake
+            .committed(writes.iter().any(|(_, w)| w.messages().next().is_some()));
+        Ok(outcomes)
     }
 }
 
-/// How a batch's transaction ended, when it did not fail as a whole.
-enum Batch {
-    /// Committed: each decision's outcome, in order.
-    Committed(Vec<SagaOutcome>),
-    /// Rolled back because these decisions (by position) failed on their own data.
-    DecisionsFailed(Vec<(usize, StoreError)>),
+/// An order locked in a transaction: what its decisions see, and what they
+/// have decided so far.
+struct Current {
+    ctx: SagaContext,
+    write: Option<SagaWrite>,
 }
 
-/// Runs a job's decision on its locked order and saga. A decision that
-/// panics fails its job only, not the writer.
-fn decide(
-    job: &Job,
-    locked: LockedOrder,
-    state: Option<serde_json::Value>,
-) -> Result<Option<SagaWrite>, StoreError> {
-    let saga = state
-        .map(serde_json::from_value::<Saga>)
-        .transpose()
-        .map_err(|e| corrupt("saga state", e))?;
-    let ctx = SagaContext {
-        order: Order::try_from(locked.order)?,
-        correlation_id: locked.correlation_id,
-        saga,
-    };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.decide)(&ctx))).map_err(|_| {
-        StoreError::Other(anyhow::anyhow!(
-            "the saga decision for order {} panicked",
-            job.order_id
-        ))
-    })
+impl Current {
+    fn read(locked: LockedOrder) -> Result<Self, StoreError> {
+        let saga = locked
+            .saga
+            .map(serde_json::from_value::<Saga>)
+            .transpose()
+            .map_err(|e| corrupt("saga state", e))?;
+        Ok(Self {
+            ctx: SagaContext {
+                order: Order::try_from(locked.order)?,
+                correlation_id: locked.correlation_id,
+                saga,
+            },
+            write: None,
+        })
+    }
+
+    /// Runs a job's decision on the order as the decisions before it left it.
+    /// A decision that panics fails its job only.
+    fn decide(&mut self, job: &Job) -> Result<SagaOutcome, StoreError> {
+        let decided =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.decide)(&self.ctx)))
+                .map_err(|_| {
+                    StoreError::Other(anyhow::anyhow!(
+                        "the saga decision for order {} panicked",
+                        job.order_id
+                    ))
+                })?;
+        let Some(w) = decided else {
+            return Ok(SagaOutcome::NothingToDo);
+        };
+        self.ctx.saga = Some(w.saga.clone());
+        if let Some(s) = w.settle {
+            self.ctx.order.status = s.status();
+            self.ctx.order.cancel_reason = s.cancel_reason();
+        }
+        match &mut self.write {
+            None => self.write = Some(w),
+            Some(merged) => {
+                merged.saga = w.saga;
+                merged.settle = merged.settle.or(w.settle);
+                merged.entries.extend(w.entries);
+            }
+        }
+        Ok(SagaOutcome::Applied)
+    }
 }
 
-/// Writes the batch's decisions in one statement; returns how many orders it settled.
+fn message(e: &LogEntry) -> Option<&crate::application::messages::OutboundMessage> {
+    e.message.as_ref()
+}
+
+/// Writes the batch's decisions in one statement; returns how many orders
+/// it updated and how many of them it settled.
 async fn write(
     tx: &mut sqlx::PgConnection,
     writes: &[(OrderId, SagaWrite)],
-    lease: Option<std::time::Duration>,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, i64), StoreError> {
     let states = writes
         .iter()
         .map(|(_, w)| serde_json::to_value(&w.saga))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StoreError::Other(e.into()))?;
-    let settles: Vec<_> = writes
+    let settle = |w: &SagaWrite| w.settle.map(Settlement::status).map(|s| s.as_str());
+    let reason = |w: &SagaWrite| w.settle.and_then(|s| s.cancel_reason()).map(|r| r.as_str());
+    let entries: Vec<(&OrderId, &LogEntry)> = writes
         .iter()
-        .filter_map(|(id, w)| w.settle.map(|s| (id.0, s)))
+        .flat_map(|(id, w)| w.entries.iter().map(move |e| (id, e)))
         .collect();
-    let messages: Vec<_> = writes.iter().flat_map(|(_, w)| &w.outbox).collect();
-    let events: Vec<_> = writes.iter().flat_map(|(_, w)| &w.events).collect();
-    sqlx::query_scalar(WRITE_SQL)
+    sqlx::query_as::<_, (i64, i64)>(WRITE_SQL)
         .bind(column(writes, |(id, _)| id.0))
         .bind(states)
         .bind(column(writes, |(_, w)| w.saga.next_deadline()))
-        .bind(column(&settles, |(id, _)| *id))
-        .bind(column(&settles, |(_, s)| s.status().as_str()))
-        .bind(column(&settles, |(_, s)| {
-            s.cancel_reason().map(|r| r.as_str())
-        }))
+        .bind(column(writes, |(_, w)| settle(w)))
+        .bind(column(writes, |(_, w)| reason(w)))
         .bind(Utc::now())
-        .bind(column(&messages, |m| m.message_id))
-        .bind(column(&messages, |m| m.topic.name()))
-        .bind(column(&messages, |m| m.key.as_str()))
-        .bind(column(&messages, |m| m.message_type.as_str()))
-        .bind(column(&messages, |m| m.correlation_id.as_str()))
-        .bind(column(&messages, |m| m.payload.clone()))
-        .bind(column(&messages, |m| m.time))
-        .bind(column(&events, |e| e.event_id))
-        .bind(column(&events, |e| e.order_id.0))
-        .bind(column(&events, |e| e.kind.as_str()))
-        .bind(column(&events, |e| e.payload.clone()))
-        .bind(column(&events, |e| e.at))
-        .bind(lease)
+        .bind(column(&entries, |(id, _)| id.0))
+        .bind(column(&entries, |(_, e)| e.event.at))
+        .bind(column(&entries, |(_, e)| e.event.event_id))
+        .bind(column(&entries, |(_, e)| e.event.kind.as_str()))
+        .bind(column(&entries, |(_, e)| e.event.payload.clone()))
+        .bind(column(&entries, |(_, e)| message(e).map(|m| m.message_id)))
+        .bind(column(&entries, |(_, e)| {
+            message(e).map(|m| m.topic.name())
+        }))
+        .bind(column(&entries, |(_, e)| {
+            message(e).map(|m| m.message_type.as_str())
+        }))
+        .bind(column(&entries, |(_, e)| {
+            message(e).map(|m| m.correlation_id.as_str())
+        }))
+        .bind(column(&entries, |(_, e)| {
+            message(e).map(|m| m.payload.clone())
+        }))
         .fetch_one(tx)
         .await
         .map_err(classify)
@@ -368,13 +336,11 @@ impl SagaStore for PgStore {
     async fn transact(
         &self,
         order_id: OrderId,
-        dedupe: Option<(&str, Uuid)>,
         decide: SagaDecision,
     ) -> Result<SagaOutcome, StoreError> {
         let (done, outcome) = oneshot::channel();
         let job = Job {
             order_id,
-            dedupe: dedupe.map(|(consumer, id)| (consumer.to_owned(), id)),
             decide,
             done,
         };
@@ -392,13 +358,13 @@ impl SagaStore for PgStore {
         orphaned_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<OrderId>, StoreError> {
+        // Among the PROCESSING orders (their partial index): admission control
+        // keeps them few, so no index on the deadline is needed.
         let rows: Vec<(Uuid,)> = sqlx::query_as(
-            "(SELECT order_id FROM sagas WHERE next_deadline <= $1 ORDER BY next_deadline LIMIT $3)
-             UNION
-             (SELECT o.id FROM orders o
-               WHERE o.status = 'PROCESSING' AND o.created_at <= $2
-                 AND NOT EXISTS (SELECT 1 FROM sagas s WHERE s.order_id = o.id)
-               ORDER BY o.created_at LIMIT $3)",
+            "SELECT id FROM orders
+              WHERE status = 'PROCESSING'
+                AND (next_deadline <= $1 OR (saga IS NULL AND created_at <= $2))
+              ORDER BY created_at LIMIT $3",
         )
         .bind(now)
         .bind(orphaned_before)
@@ -411,21 +377,28 @@ impl SagaStore for PgStore {
 
     async fn purge(
         &self,
-        processed_before: DateTime<Utc>,
         now: DateTime<Utc>,
+        log_before: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let processed = sqlx::query("DELETE FROM processed_messages WHERE processed_at < $1")
-            .bind(processed_before)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?
-            .rows_affected();
         let keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
             .bind(now)
             .execute(&self.pool)
             .await
             .map_err(classify)?
             .rows_affected();
-        Ok(processed + keys)
+        // Small batches, so no long transaction holds the relays' horizon back.
+        let mut trimmed = 0;
+        for _ in 0..TRIM_BATCHES {
+            let n = self.trim_log(log_before, TRIM_BATCH).await?;
+            trimmed += n;
+            if n < TRIM_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(keys + trimmed)
     }
 }
+
+/// Saga-log rows deleted per statement, and statements per housekeeping round.
+const TRIM_BATCH: i64 = 1000;
+const TRIM_BATCHES: usize = 20;

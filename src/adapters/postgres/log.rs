@@ -1,0 +1,221 @@
+//! `SagaLog` on PostgreSQL: the append-only `saga_log` table and the relays'
+//! positions in `relay_feeds`.
+//!
+//! Rows are read in `(txid, seq)` order, and only rows of transactions older
+//! than every transaction still running (`pg_snapshot_xmin`): each of those
+//! has committed or aborted, and every later transaction has a larger txid,
+//! so no row can ever appear behind a position already passed, however the
+//! writers' commits interleave. (Ordering by `seq` alone would not do: a
+//! transaction that took seq 10 and commits after the one that took seq 11
+//! would be skipped.) The price: a transaction that stays open anywhere in
+//! the cluster holds the relays back until it ends.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::application::messages::{MessageType, OutboundMessage, Topic};
+use crate::application::ports::{EventRecord, Feed, LogPosition, LogRow, SagaLog, StoreError};
+use crate::domain::OrderId;
+
+use super::{PgStore, classify, corrupt};
+
+/// Takes (or renews) the feed for `$2` until `$3` from now, then reads up to
+/// `$4` rows after its position that every writer has finished with. No
+/// feed row is returned (so no rows) when another relay holds the feed.
+/// Every row goes through both feeds, each taking its part (`$5`: the events,
+/// else the messages), so both positions move over the whole log and the
+/// trim can go up to the slower one.
+const READ_SQL: &str = "WITH held AS (
+         UPDATE relay_feeds SET holder = $2, held_until = now() + $3::interval
+          WHERE feed = $1 AND (holder IS NULL OR holder = $2 OR held_until < now())
+          RETURNING after_txid, after_seq
+     )
+     SELECT l.txid::text AS txid, l.seq, l.order_id, l.occurred_at,
+            CASE WHEN $5 THEN l.event_id END AS event_id,
+            CASE WHEN $5 THEN l.event_type END AS event_type,
+            CASE WHEN $5 THEN l.payload END AS payload,
+            CASE WHEN NOT $5 THEN l.message_id END AS message_id,
+            CASE WHEN NOT $5 THEN l.topic END AS topic,
+            CASE WHEN NOT $5 THEN l.message_type END AS message_type,
+            CASE WHEN NOT $5 THEN l.correlation_id END AS correlation_id,
+            CASE WHEN NOT $5 THEN l.message END AS message
+       FROM held h
+       LEFT JOIN LATERAL (
+            SELECT * FROM saga_log
+             WHERE (txid, seq) > (h.after_txid, h.after_seq)
+               AND txid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY txid, seq LIMIT $4
+       ) l ON true
+      ORDER BY l.txid, l.seq";
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    txid: Option<String>,
+    seq: Option<i64>,
+    order_id: Option<Uuid>,
+    occurred_at: Option<DateTime<Utc>>,
+    event_id: Option<Uuid>,
+    event_type: Option<String>,
+    payload: Option<serde_json::Value>,
+    message_id: Option<Uuid>,
+    topic: Option<String>,
+    message_type: Option<String>,
+    correlation_id: Option<String>,
+    message: Option<serde_json::Value>,
+}
+
+fn txid(text: &str) -> Result<u64, StoreError> {
+    text.parse().map_err(|e| corrupt("saga log txid", e))
+}
+
+impl Row {
+    /// The row, or `None` for the held feed's placeholder when nothing is new.
+    fn into_log_row(self) -> Result<Option<LogRow>, StoreError> {
+        let (Some(txid_text), Some(seq), Some(order_id), Some(at)) =
+            (self.txid, self.seq, self.order_id, self.occurred_at)
+        else {
+            return Ok(None);
+        };
+        let position = LogPosition(txid(&txid_text)?, seq);
+        let event = match (self.event_id, self.event_type, self.payload) {
+            (Some(event_id), Some(kind), Some(payload)) => Some(EventRecord {
+                event_id,
+                order_id: OrderId(order_id),
+                seq,
+                kind: kind.parse().map_err(|e| corrupt("event type", e))?,
+                payload,
+                at,
+            }),
+            _ => None,
+        };
+        let message = match (
+            self.message_id,
+            self.topic,
+            self.message_type,
+            self.correlation_id,
+            self.message,
+        ) {
+            (Some(message_id), Some(topic), Some(kind), Some(correlation_id), Some(payload)) => {
+                Some(OutboundMessage {
+                    message_id,
+                    topic: Topic::from_name(&topic).ok_or_else(|| corrupt("topic", &topic))?,
+                    key: order_id.to_string(),
+                    message_type: MessageType::parse(&kind)
+                        .ok_or_else(|| corrupt("message type", &kind))?,
+                    correlation_id,
+                    time: at,
+                    payload,
+                })
+            }
+            _ => None,
+        };
+        Ok(Some(LogRow {
+            position,
+            event,
+            message,
+        }))
+    }
+}
+
+impl PgStore {
+    /// Deletes up to `limit` rows that both feeds have passed, older than
+    /// `before`, but an order's `order_created` and `status_changed` (its
+    /// status history). Returns how many went.
+    pub(super) async fn trim_log(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM saga_log WHERE (txid, seq) IN (
+                 SELECT l.txid, l.seq FROM saga_log l
+                  WHERE (l.txid, l.seq) <= ALL (SELECT after_txid, after_seq FROM relay_feeds)
+                    AND l.occurred_at < $1
+                    AND l.event_type IS DISTINCT FROM 'order_created'
+                    AND l.event_type IS DISTINCT FROM 'status_changed'
+                  ORDER BY l.txid, l.seq LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl SagaLog for PgStore {
+    async fn read_feed(
+        &self,
+        feed: Feed,
+        holder: Uuid,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Option<Vec<LogRow>>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(READ_SQL)
+            .bind(feed.as_str())
+            .bind(holder)
+            .bind(lease)
+            .bind(i64::from(limit))
+            .bind(feed == Feed::Events)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        if rows.is_empty() {
+            return Ok(None); // another relay holds the feed
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(r) = row.into_log_row()? {
+                out.push(r);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    async fn advance_feed(
+        &self,
+        feed: Feed,
+        holder: Uuid,
+        to: LogPosition,
+    ) -> Result<bool, StoreError> {
+        let moved = sqlx::query(
+            "UPDATE relay_feeds SET after_txid = $3::text::xid8, after_seq = $4, updated_at = now()
+              WHERE feed = $1 AND holder = $2",
+        )
+        .bind(feed.as_str())
+        .bind(holder)
+        .bind(to.0.to_string())
+        .bind(to.1)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(moved.rows_affected() == 1)
+    }
+
+    async fn wait_for_work(&self, feed: Feed, timeout: Duration) {
+        let notify = match feed {
+            Feed::Messages => &self.wake.messages,
+            Feed::Events => &self.wake.events,
+        };
+        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+    }
+
+    async fn backlog(&self, feed: Feed) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM saga_log l, relay_feeds f
+              WHERE f.feed = $1 AND (l.txid, l.seq) > (f.after_txid, f.after_seq)
+                AND ($2 OR l.message_id IS NOT NULL)",
+        )
+        .bind(feed.as_str())
+        .bind(feed == Feed::Events)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(n.max(0) as u64)
+    }
+}
