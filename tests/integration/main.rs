@@ -17,4 +17,5 @@ mod orchestrator;
 mod postgres;
 mod scale;
 mod security;
+mod upgrade;
 mod user_api;
