@@ -19,7 +19,11 @@ use crate::application::messages::{
 use crate::application::ports::{HandleError, MessageHandler, MessagePublisher};
 use crate::domain::OrderId;
 
-/// Floor (a): single-row INSERT + COMMIT from `concurrency` connections for `duration`.
+/// Floor (a): what a new order costs the database at the least: an order row
+/// and its outbox row, inserted in one transaction (one statement, one
+/// commit), from `concurrency` connections for `duration`. The tables are
+/// scratch copies shaped like `orders` (its primary key and the user index)
+/// and the saga log (its primary key), with nothing else.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct InsertFloor {
     pub per_sec: f64,
@@ -32,16 +36,23 @@ pub async fn postgres_insert(
     concurrency: u32,
     duration: Duration,
 ) -> anyhow::Result<InsertFloor> {
-    let table = format!("bench_floor_{run_id}");
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id uuid PRIMARY KEY, user_id text NOT NULL, \
-         value numeric(14, 2) NOT NULL, created_at timestamptz NOT NULL)"
+    let (orders, log) = (
+        format!("bench_floor_{run_id}"),
+        format!("bench_floor_log_{run_id}"),
+    );
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {orders} (id uuid PRIMARY KEY, user_id text NOT NULL, value numeric(14, 2) NOT NULL,
+                               created_at timestamptz NOT NULL);
+         CREATE INDEX ON {orders} (user_id, created_at DESC);
+         CREATE TABLE {log} (txid xid8 NOT NULL DEFAULT pg_current_xact_id(), seq bigint GENERATED ALWAYS AS IDENTITY,
+                             order_id uuid NOT NULL, payload jsonb NOT NULL, PRIMARY KEY (txid, seq));"
     )))
     .execute(pool)
     .await
-    .context("cannot create the floor table")?;
+    .context("cannot create the floor tables")?;
     let insert = format!(
-        "INSERT INTO {table} (id, user_id, value, created_at) VALUES ($1, $2, 10.00, now())"
+        "WITH o AS (INSERT INTO {orders} (id, user_id, value, created_at) VALUES ($1, $2, 10.00, now()))
+         INSERT INTO {log} (order_id, payload) VALUES ($1, '{{\"value\": \"10.00\"}}')"
     );
     let started = Instant::now();
     let deadline = started + duration;
@@ -69,10 +80,12 @@ pub async fn postgres_insert(
         all.extend(w.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    sqlx::query(AssertSqlSafe(format!("DROP TABLE {table}")))
-        .execute(pool)
-        .await
-        .ok();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP TABLE {orders}; DROP TABLE {log};"
+    )))
+    .execute(pool)
+    .await
+    .ok();
     Ok(InsertFloor {
         per_sec: all.len() as f64 / elapsed,
         latency: Summary::of(all),

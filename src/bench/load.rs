@@ -9,7 +9,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use super::{BenchArgs, Summary, cpu, rss_mib};
+use super::{BenchArgs, Summary, cpu, rows, rss_mib};
 
 /// Orders of one run go to these users (all valid for the stub user API), so
 /// the run's orders are found through the `(user_id, created_at)` index.
@@ -48,6 +48,8 @@ pub struct LoadResult {
     pub rss_end_mib: Option<f64>,
     /// CPU of every program on the machine while the load ran, busiest first.
     pub cpu: Vec<cpu::Share>,
+    /// PostgreSQL rows written per accepted order, by table (the load and the settling).
+    pub rows_per_order: Vec<rows::TableRows>,
 }
 
 /// One stage of settling an order, and how long the run's orders spent in it.
@@ -298,6 +300,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         })
     };
 
+    let rows_before = rows::Counts::settled(pool).await?;
     let cpu_before = cpu::Snapshot::take();
     let started = Instant::now();
     let deadline = started + duration;
@@ -399,6 +402,9 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         (rows, stages(pool, &users).await?)
     };
     progress.abort();
+    let rows_per_order = rows::Counts::settled(pool)
+        .await?
+        .per_order(&rows_before, accepted);
 
     let terminal: Vec<_> = rows.iter().filter(|r| r.0 != "PROCESSING").collect();
     let settle_micros: Vec<u64> = terminal
@@ -449,5 +455,6 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         rss_max_mib: rss.iter().copied().reduce(f64::max),
         rss_end_mib: args.pid.and_then(rss_mib),
         cpu,
+        rows_per_order,
     })
 }

@@ -3,8 +3,9 @@
 //! next to the floors its dependencies set, measured in the same run on the
 //! same servers:
 //!
-//! - (a) a bare single-row `INSERT` + `COMMIT` into PostgreSQL at the same
-//!   concurrency (the least work an accepted order can cost);
+//! - (a) an order row and its outbox row inserted in one transaction into
+//!   scratch PostgreSQL tables shaped like `orders` and the saga log, at the
+//!   same concurrency (the least work an accepted order can cost);
 //! - (b) a bare produce → consume round trip on the same broker, with the same
 //!   client code and settings the saga uses (the cost of one saga hop).
 //!
@@ -15,6 +16,7 @@ mod cpu;
 mod floors;
 mod load;
 mod report;
+mod rows;
 
 use std::time::Duration;
 
@@ -100,7 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Some(floors::kafka_round_trip(kafka, &run_id, args.kafka_round_trips).await?)
         };
         eprintln!(
-            "bench: floor (a): INSERT + COMMIT, {} connections, {} s",
+            "bench: floor (a): order INSERT + outbox INSERT + COMMIT, {} connections, {} s",
             args.concurrency, args.floor_secs
         );
         let insert = floors::postgres_insert(

@@ -7,7 +7,7 @@ use super::{BenchArgs, Summary};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Floors {
-    /// (a) single-row INSERT + COMMIT at the same concurrency.
+    /// (a) an order and its outbox row in one transaction, at the same concurrency.
     pub insert: InsertFloor,
     /// (b) one produce → consume round trip (not measured for the API alone).
     pub rtt: Option<Summary>,
@@ -92,7 +92,7 @@ impl Report {
             l.post_per_sec,
             insert
                 .map(|i| format!(
-                    "(a) INSERT+COMMIT ×{}: {:.0}/s",
+                    "(a) order+outbox INSERT, COMMIT ×{}: {:.0}/s",
                     self.concurrency, i.per_sec
                 ))
                 .unwrap_or("–".into()),
@@ -133,6 +133,7 @@ impl Report {
             );
             out += &cpu_per_order_row(&l.cpu, l.accepted);
         }
+        out += &super::rows::row(&l.rows_per_order);
         if !l.error_samples.is_empty() {
             out += "\nerrors seen:\n";
             for e in &l.error_samples {
