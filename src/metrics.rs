@@ -128,7 +128,7 @@ fn describe() {
     );
     describe_gauge!(
         OUTBOX_BACKLOG,
-        "Rows waiting in the outbox: kind=messages (to Kafka) or kind=events (to MongoDB)"
+        "Saga-log rows waiting to be relayed: kind=messages (to Kafka) or kind=events (to MongoDB)"
     );
     describe_counter!(
         OUTBOX_RELAYED,
