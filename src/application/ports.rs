@@ -275,42 +275,39 @@ pub struct LogRow {
     pub message: Option<OutboundMessage>,
 }
 
-/// The relay's side of the saga log: plain reads and a position per feed.
-/// Only one relay at a time holds a feed (for a lease, renewed as it reads);
-/// the rows it is given are those every writer has committed, in an order in
-/// which no row committed later can come before them.
+/// The relay's side of the saga log: plain reads, and a position and a
+/// holder per feed. Only one relay at a time holds a feed (for a lease it
+/// renews); the rows it reads are those every writer has committed, in an
+/// order in which no row committed later can come before them.
 #[async_trait]
 pub trait SagaLog: Send + Sync {
-    /// Holds `feed` for `holder` until `lease` from now (taking it over if its
-    /// last holder's lease ended) and reads up to `limit` rows after the
-    /// feed's position. `None`: another relay holds the feed.
+    /// Holds `feed` for `holder` until `lease` from now (taking it over if
+    /// its last holder's lease ended), records `position` as relayed if given,
+    /// and returns the feed's position. `None`: another relay holds the feed.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached.
-    async fn read_feed(
+    async fn claim_feed(
         &self,
         feed: Feed,
         holder: Uuid,
         lease: Duration,
-        limit: u32,
-    ) -> Result<Option<Vec<LogRow>>, StoreError>;
-    /// Records that `feed` has been relayed up to and including `to`.
-    /// `false`: `holder` no longer holds the feed (its lease ended and another
-    /// relay took over from the old position; the consumers and the event log
-    /// drop what then comes twice).
+        position: Option<LogPosition>,
+    ) -> Result<Option<LogPosition>, StoreError>;
+    /// Up to `limit` rows after `after`, with what `feed` takes of them (its
+    /// events, or its messages).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached (the rows
-    /// go again, and are dropped as duplicates).
-    async fn advance_feed(
+    /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached.
+    async fn read_log(
         &self,
         feed: Feed,
-        holder: Uuid,
-        to: LogPosition,
-    ) -> Result<bool, StoreError>;
+        after: LogPosition,
+        limit: u32,
+    ) -> Result<Vec<LogRow>, StoreError>;
     /// Waits until new rows may be in the log, or `timeout` passes.
     async fn wait_for_work(&self, feed: Feed, timeout: Duration);
-    /// How many rows of the feed wait to be relayed.
+    /// How many rows of the feed wait after its recorded position.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when PostgreSQL cannot be reached.

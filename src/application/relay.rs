@@ -2,23 +2,24 @@
 //! to the event log. The two feeds are independent, so a MongoDB outage delays
 //! the event log but never the saga, and a broker outage never loses an event.
 //!
-//! The log is append-only: a relay never deletes or marks rows, it moves the
-//! feed's position once the broker (or the event log) has what it read. One
-//! relay at a time holds a feed, for a lease it renews as it reads; relays in
-//! other processes wait, and take over when a holder's lease ends (its process
-//! died). What a relay sent but could not record goes again from the old
-//! position: the consumers drop messages they have seen (by the saga's state)
-//! and the event log drops event ids it has.
+//! The log is append-only: a relay never deletes or marks rows. It follows a
+//! feed from a position kept in memory, moved once the broker (or the event
+//! log) has what it read, and records that position in the store when it has
+//! caught up (at most every `CHECKPOINT`) and whenever it renews its lease
+//! (every third of it): under load, one write for many batches. One relay at
+//! a time holds a feed; relays in other processes wait, and take over when a
+//! holder's lease ends (its process died), from the recorded position. What
+//! was sent after it goes again: the consumers drop messages they have seen
+//! (by the saga's state) and the event log drops event ids it has.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::ports::{
-    EventLog, Feed, LogPosition, LogRow, MessagePublisher, RelayError, SagaLog, StoreError,
-};
+use super::ports::{EventLog, Feed, LogPosition, LogRow, MessagePublisher, RelayError, SagaLog};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RelaySettings {
@@ -54,6 +55,9 @@ impl Default for RelaySettings {
     }
 }
 
+/// Least time between two records of a feed's position while it is caught up.
+const CHECKPOINT: Duration = Duration::from_millis(100);
+
 pub struct Relay {
     log: Arc<dyn SagaLog>,
     publisher: Arc<dyn MessagePublisher>,
@@ -61,6 +65,17 @@ pub struct Relay {
     settings: RelaySettings,
     /// Who holds a feed, to the other relays.
     id: Uuid,
+    /// Where this relay is in each feed it holds.
+    feeds: Mutex<HashMap<Feed, Following>>,
+}
+
+/// A feed this relay holds: how far it has relayed, how far the store knows,
+/// and when it last renewed its lease.
+#[derive(Debug, Clone, Copy)]
+struct Following {
+    position: LogPosition,
+    recorded: LogPosition,
+    claimed: Instant,
 }
 
 /// What one pass over a feed did.
@@ -85,28 +100,120 @@ impl Relay {
             event_log,
             settings,
             id: Uuid::new_v4(),
+            feeds: Mutex::default(),
         }
     }
 
-    /// Reads one batch of `feed`, delivers it, and moves the feed's position.
+    /// Reads one batch of `feed`, delivers it, and moves the position past it
+    /// (recording it when it is due, see the module's notes).
     pub async fn pass(&self, feed: Feed) -> Result<Pass, RelayError> {
-        let s = &self.settings;
-        let Some(rows) = self
-            .log
-            .read_feed(feed, self.id, s.lease, s.batch_size)
-            .await?
-        else {
+        let Some(mut f) = self.hold(feed).await? else {
             return Ok(Pass::Held);
         };
-        let Some(last) = rows.last().map(|r| r.position) else {
-            return Ok(Pass::Relayed { rows: 0, sent: 0 });
+        let rows = self
+            .log
+            .read_log(feed, f.position, self.settings.batch_size)
+            .await?;
+        let sent = match rows.last() {
+            None => 0,
+            Some(last) => {
+                let last = last.position;
+                let sent = self.deliver(feed, &rows).await?;
+                f.position = last;
+                sent
+            }
         };
-        let sent = self.deliver(feed, &rows).await?;
-        self.advance(feed, last).await?;
+        self.feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(feed, f);
+        let caught_up = (rows.len() as u32) < self.settings.batch_size;
+        if caught_up && f.position != f.recorded && f.claimed.elapsed() >= CHECKPOINT {
+            self.record(feed).await?;
+        }
         Ok(Pass::Relayed {
             rows: rows.len(),
             sent,
         })
+    }
+
+    /// This relay's place in `feed`, claiming the feed (or renewing its
+    /// lease, recording the position) when that is due. `None`: another
+    /// relay holds it.
+    async fn hold(&self, feed: Feed) -> Result<Option<Following>, RelayError> {
+        let known = self
+            .feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&feed)
+            .copied();
+        match known {
+            Some(f) if f.claimed.elapsed() < self.settings.lease / 3 => Ok(Some(f)),
+            _ => self.record(feed).await,
+        }
+    }
+
+    /// Claims or renews `feed`, recording the position this relay has got to.
+    async fn record(&self, feed: Feed) -> Result<Option<Following>, RelayError> {
+        let known = self
+            .feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&feed)
+            .copied();
+        let claimed = Instant::now();
+        let stored = self
+            .log
+            .claim_feed(
+                feed,
+                self.id,
+                self.settings.lease,
+                known.map(|f| f.position),
+            )
+            .await;
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        match stored {
+            Ok(Some(stored)) => {
+                let f = Following {
+                    position: known.map_or(stored, |k| k.position),
+                    recorded: stored,
+                    claimed,
+                };
+                feeds.insert(feed, f);
+                Ok(Some(f))
+            }
+            Ok(None) => {
+                if known.is_some() {
+                    tracing::warn!(
+                        feed = feed.as_str(),
+                        "another relay took this feed over; it goes on from the recorded position"
+                    );
+                }
+                feeds.remove(&feed);
+                Ok(None)
+            }
+            Err(e) => {
+                // Unsure whether the store kept it: claim again before the next read.
+                feeds.remove(&feed);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Records where this relay has got to in every feed it holds (at shutdown).
+    pub async fn checkpoint(&self) {
+        let held: Vec<Feed> = self
+            .feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for feed in held {
+            if let Err(e) = self.record(feed).await {
+                tracing::warn!(feed = feed.as_str(), error = %e, "cannot record the feed's position; its rows since will go again");
+            }
+        }
     }
 
     /// Hands the rows' messages to the broker, or their events to the event log.
@@ -129,16 +236,6 @@ impl Relay {
         }
     }
 
-    async fn advance(&self, feed: Feed, to: LogPosition) -> Result<(), StoreError> {
-        if !self.log.advance_feed(feed, self.id, to).await? {
-            tracing::warn!(
-                feed = feed.as_str(),
-                "another relay took this feed over; what was sent goes again from its position"
-            );
-        }
-        Ok(())
-    }
-
     /// Runs both feeds until `shutdown`; each drains what is pending before
     /// it returns (until a pass finds nothing).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
@@ -151,6 +248,7 @@ impl Relay {
             tokio::spawn(async move { relay.backlog_loop(shutdown).await })
         };
         let _ = tokio::join!(futures::future::join_all(feeds), gauges);
+        self.checkpoint().await;
     }
 
     /// Keeps the backlog gauges current; a failed count leaves the last value.
@@ -236,7 +334,7 @@ mod tests {
 
     use super::*;
     use crate::application::messages::{InboundMessage, MessageType, OutboundMessage, Topic};
-    use crate::application::ports::{EventLogError, EventRecord, PublishError};
+    use crate::application::ports::{EventLogError, EventRecord, PublishError, StoreError};
     use crate::domain::{OrderId, SagaEventKind};
 
     /// An in-memory saga log: rows, a position and a holder per feed.
@@ -285,44 +383,39 @@ mod tests {
 
     #[async_trait]
     impl SagaLog for MemoryLog {
-        async fn read_feed(
+        async fn claim_feed(
             &self,
             feed: Feed,
             holder: Uuid,
             _lease: Duration,
-            limit: u32,
-        ) -> Result<Option<Vec<LogRow>>, StoreError> {
+            position: Option<LogPosition>,
+        ) -> Result<Option<LogPosition>, StoreError> {
             let mut feeds = self.feeds.lock().unwrap();
             let entry = feeds.entry(feed).or_insert((LogPosition(0, 0), None));
             if entry.1.is_some_and(|h| h != holder) {
                 return Ok(None);
             }
             entry.1 = Some(holder);
-            let after = entry.0;
-            Ok(Some(
-                self.rows
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|r| r.position > after)
-                    .take(limit as usize)
-                    .cloned()
-                    .collect(),
-            ))
-        }
-        async fn advance_feed(
-            &self,
-            feed: Feed,
-            holder: Uuid,
-            to: LogPosition,
-        ) -> Result<bool, StoreError> {
-            let mut feeds = self.feeds.lock().unwrap();
-            let entry = feeds.get_mut(&feed).unwrap();
-            if entry.1 != Some(holder) {
-                return Ok(false);
+            if let Some(p) = position {
+                entry.0 = p;
             }
-            entry.0 = to;
-            Ok(true)
+            Ok(Some(entry.0))
+        }
+        async fn read_log(
+            &self,
+            _feed: Feed,
+            after: LogPosition,
+            limit: u32,
+        ) -> Result<Vec<LogRow>, StoreError> {
+            Ok(self
+                .rows
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.position > after)
+                .take(limit as usize)
+                .cloned()
+                .collect())
         }
         async fn wait_for_work(&self, _feed: Feed, _timeout: Duration) {}
         async fn backlog(&self, _feed: Feed) -> Result<u64, StoreError> {
@@ -411,7 +504,10 @@ mod tests {
         assert_eq!(log.position(Feed::Events), LogPosition(0, 0));
         while relay.pass(Feed::Events).await.unwrap() != (Pass::Relayed { rows: 0, sent: 0 }) {}
         assert_eq!(events.0.lock().unwrap().len(), 3);
+        // Recorded when due (caught up, a moment after the last record), and at shutdown.
+        relay.checkpoint().await;
         assert_eq!(log.position(Feed::Events), LogPosition(1, 3));
+        assert_eq!(log.position(Feed::Messages), LogPosition(1, 3));
     }
 
     #[tokio::test]

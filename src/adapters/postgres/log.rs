@@ -22,34 +22,34 @@ use crate::domain::OrderId;
 
 use super::{PgStore, classify, corrupt};
 
-/// Takes (or renews) the feed for `$2` until `$3` from now, then reads up to
-/// `$4` rows after its position that every writer has finished with. No
-/// feed row is returned (so no rows) when another relay holds the feed.
-/// Every row goes through both feeds, each taking its part (`$5`: the events,
+/// Takes (or renews) the feed for `$2` until `$3` from now and records `$4`,
+/// `$5` as its position when given; returns the position. No row when
+/// another relay holds the feed.
+const CLAIM_SQL: &str = "UPDATE relay_feeds
+        SET holder = $2, held_until = now() + $3::interval,
+            after_txid = coalesce($4::text::xid8, after_txid),
+            after_seq = coalesce($5, after_seq),
+            updated_at = now()
+      WHERE feed = $1 AND (holder IS NULL OR holder = $2 OR held_until < now())
+      RETURNING after_txid::text, after_seq";
+
+/// Up to `$3` rows after (`$1`, `$2`) that every writer has finished with.
+/// Every row goes through both feeds, each taking its part (`$4`: the events,
 /// else the messages), so both positions move over the whole log and the
 /// trim can go up to the slower one.
-const READ_SQL: &str = "WITH held AS (
-         UPDATE relay_feeds SET holder = $2, held_until = now() + $3::interval
-          WHERE feed = $1 AND (holder IS NULL OR holder = $2 OR held_until < now())
-          RETURNING after_txid, after_seq
-     )
-     SELECT l.txid::text AS txid, l.seq, l.order_id, l.occurred_at,
-            CASE WHEN $5 THEN l.event_id END AS event_id,
-            CASE WHEN $5 THEN l.event_type END AS event_type,
-            CASE WHEN $5 THEN l.payload END AS payload,
-            CASE WHEN NOT $5 THEN l.message_id END AS message_id,
-            CASE WHEN NOT $5 THEN l.topic END AS topic,
-            CASE WHEN NOT $5 THEN l.message_type END AS message_type,
-            CASE WHEN NOT $5 THEN l.correlation_id END AS correlation_id,
-            CASE WHEN NOT $5 THEN l.message END AS message
-       FROM held h
-       LEFT JOIN LATERAL (
-            SELECT * FROM saga_log
-             WHERE (txid, seq) > (h.after_txid, h.after_seq)
-               AND txid < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY txid, seq LIMIT $4
-       ) l ON true
-      ORDER BY l.txid, l.seq";
+const READ_SQL: &str = "SELECT txid::text AS txid, seq, order_id, occurred_at,
+            CASE WHEN $4 THEN event_id END AS event_id,
+            CASE WHEN $4 THEN event_type END AS event_type,
+            CASE WHEN $4 THEN payload END AS payload,
+            CASE WHEN NOT $4 THEN message_id END AS message_id,
+            CASE WHEN NOT $4 THEN topic END AS topic,
+            CASE WHEN NOT $4 THEN message_type END AS message_type,
+            CASE WHEN NOT $4 THEN correlation_id END AS correlation_id,
+            CASE WHEN NOT $4 THEN message END AS message
+       FROM saga_log
+      WHERE (txid, seq) > ($1::text::xid8, $2)
+        AND txid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY txid, seq LIMIT $3";
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -149,52 +149,48 @@ impl PgStore {
 
 #[async_trait]
 impl SagaLog for PgStore {
-    async fn read_feed(
+    async fn claim_feed(
         &self,
         feed: Feed,
         holder: Uuid,
         lease: Duration,
-        limit: u32,
-    ) -> Result<Option<Vec<LogRow>>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(READ_SQL)
+        position: Option<LogPosition>,
+    ) -> Result<Option<LogPosition>, StoreError> {
+        let claimed: Option<(String, i64)> = sqlx::query_as(CLAIM_SQL)
             .bind(feed.as_str())
             .bind(holder)
             .bind(lease)
+            .bind(position.map(|p| p.0.to_string()))
+            .bind(position.map(|p| p.1))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        claimed
+            .map(|(t, seq)| Ok(LogPosition(txid(&t)?, seq)))
+            .transpose()
+    }
+
+    async fn read_log(
+        &self,
+        feed: Feed,
+        after: LogPosition,
+        limit: u32,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(READ_SQL)
+            .bind(after.0.to_string())
+            .bind(after.1)
             .bind(i64::from(limit))
             .bind(feed == Feed::Events)
             .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
-        if rows.is_empty() {
-            return Ok(None); // another relay holds the feed
-        }
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if let Some(r) = row.into_log_row()? {
                 out.push(r);
             }
         }
-        Ok(Some(out))
-    }
-
-    async fn advance_feed(
-        &self,
-        feed: Feed,
-        holder: Uuid,
-        to: LogPosition,
-    ) -> Result<bool, StoreError> {
-        let moved = sqlx::query(
-            "UPDATE relay_feeds SET after_txid = $3::text::xid8, after_seq = $4, updated_at = now()
-              WHERE feed = $1 AND holder = $2",
-        )
-        .bind(feed.as_str())
-        .bind(holder)
-        .bind(to.0.to_string())
-        .bind(to.1)
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        Ok(moved.rows_affected() == 1)
+        Ok(out)
     }
 
     async fn wait_for_work(&self, feed: Feed, timeout: Duration) {
