@@ -12,6 +12,8 @@
 #   BENCH_OUT        folder for the reports (default .stack/bench)
 #   BENCH_BIN        an ordersaga binary to measure instead of building this checkout
 #                    (e.g. a copy of an earlier build, for an A/B on the same stack)
+#   BENCH_TOOL       the ordersaga binary whose `bench` measures (default: BENCH_BIN), so
+#                    an A/B measures both builds with the same tool and floors
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set -a; . .stack/env; set +a
@@ -29,6 +31,7 @@ else
   BIN=$CARGO_TARGET_DIR/release/ordersaga
 fi
 
+TOOL=${BENCH_TOOL:-$BIN}
 run=bench_$(date +%s)_$$
 base=${DATABASE_URL%%\?*}
 export DATABASE_URL="${base%/*}/ordersaga_$run"
@@ -90,7 +93,7 @@ for s in $SCENARIOS; do
         "$BIN" api >"$OUT/ordersaga-api.log" 2>&1 &
       api_pid=$!
       wait_ready "$API_PORT" "$api_pid" "ordersaga api" "$OUT/ordersaga-api.log"
-      DATABASE_URL=$API_DB "$BIN" bench --url "http://127.0.0.1:$API_PORT" --pid "$api_pid" --api-only \
+      DATABASE_URL=$API_DB "$TOOL" bench --url "http://127.0.0.1:$API_PORT" --pid "$api_pid" --api-only \
         --concurrency "$n" --duration-secs "$secs" --floor-secs 5 --json "$OUT/api-$n.json" | tee "$OUT/api-$n.md"
       kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; api_pid=
       continue ;;
@@ -98,7 +101,7 @@ for s in $SCENARIOS; do
   esac
   start_all
   # Every scenario measures its floors again, on the same servers, just before its load.
-  "$BIN" bench --url "http://127.0.0.1:$PORT" --pid "$pid" --duration-secs "$secs" "${load[@]}" \
+  "$TOOL" bench --url "http://127.0.0.1:$PORT" --pid "$pid" --duration-secs "$secs" "${load[@]}" \
     --floor-secs 5 --json "$OUT/$mode-$n.json" | tee "$OUT/$mode-$n.md"
 done
 echo "bench: reports in $OUT; service log $log" >&2

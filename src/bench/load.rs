@@ -77,15 +77,26 @@ async fn stages(pool: &PgPool, users: &[String]) -> anyhow::Result<Vec<Stage>> {
         Option<chrono::DateTime<chrono::Utc>>,
         chrono::DateTime<chrono::Utc>,
     );
-    let rows: Vec<Times> = sqlx::query_as(
+    // The events are in the saga log, or (a build before it, measured in an
+    // A/B with this tool) in saga_events.
+    let events_table: Option<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_stat_user_tables
+          WHERE relname IN ('saga_log', 'saga_events') ORDER BY relname LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some(events_table) = events_table else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<Times> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT o.created_at,
                 min(e.occurred_at) FILTER (WHERE e.event_type = 'saga_started'),
                 min(e.occurred_at) FILTER (WHERE e.event_type = 'reply_received'),
                 o.updated_at
-         FROM orders o JOIN saga_log e ON e.order_id = o.id
+         FROM orders o JOIN {events_table} e ON e.order_id = o.id
          WHERE o.user_id = ANY($1) AND o.status <> 'PROCESSING'
-         GROUP BY o.id",
-    )
+         GROUP BY o.id"
+    )))
     .bind(users)
     .fetch_all(pool)
     .await?;
