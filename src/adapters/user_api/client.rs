@@ -121,13 +121,15 @@ fn describe(e: &reqwest::Error) -> String {
 #[async_trait]
 impl UserDirectory for HttpUserDirectory {
     async fn check(&self, user: &UserId) -> Result<UserStatus, UserDirectoryError> {
-        if self.breaker.acquire(Instant::now()).is_err() {
+        let Ok(permit) = self.breaker.acquire(Instant::now()) else {
             return Err(UserDirectoryError(
                 "circuit open after repeated user API failures; failing fast".into(),
             ));
-        }
+        };
+        // If this future is dropped while the lookup is out (a timeout or a
+        // shutdown cancels it), the permit records a failure as it goes.
         let result = self.lookup(user).await;
-        self.breaker.record(result.is_ok(), Instant::now());
+        permit.record(result.is_ok(), Instant::now());
         result
     }
 }
