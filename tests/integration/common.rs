@@ -62,14 +62,21 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub store: PgStore,
+    /// The server's URL (any database): where the database is dropped from.
+    server: String,
 }
 
 impl TestDb {
     pub async fn new() -> Self {
-        let base: PgConnectOptions = database_url().parse().expect("DATABASE_URL parses");
+        Self::at(&database_url()).await
+    }
+
+    /// A database of the test's own on the server of `server_url` (its path is replaced).
+    pub async fn at(server_url: &str) -> Self {
+        let base: PgConnectOptions = server_url.parse().expect("the server URL parses");
         let name = unique("ordersaga_t_");
         let url = {
-            let mut u = url::Url::parse(&database_url()).expect("DATABASE_URL is a URL");
+            let mut u = url::Url::parse(server_url).expect("the server URL is a URL");
             u.set_path(&name);
             u.to_string()
         };
@@ -94,6 +101,7 @@ impl TestDb {
             name,
             url,
             store: PgStore::from_pool(pool),
+            server: server_url.to_owned(),
         }
     }
 
@@ -105,7 +113,7 @@ impl TestDb {
 impl TestDb {
     /// Drops the database now (also done when the guard goes).
     pub fn drop_now(&self) {
-        let name = self.name.clone();
+        let (name, server) = (self.name.clone(), self.server.clone());
         // The test's runtime may be blocked here (Drop): clean up on a thread and
         // runtime of its own, with fresh connections (FORCE ends the pool's).
         let _ = std::thread::spawn(move || {
@@ -114,7 +122,7 @@ impl TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let base: PgConnectOptions = database_url().parse().unwrap();
+                let base: PgConnectOptions = server.parse().unwrap();
                 if let Ok(mut admin) = PgConnection::connect_with(&base.database("postgres")).await
                 {
                     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
@@ -348,6 +356,15 @@ impl SystemEnv {
         }
     }
 
+    /// A system whose database is on a private PostgreSQL (shared broker and MongoDB).
+    pub async fn on_postgres(postgres: &PrivateServer) -> Self {
+        Self {
+            db: TestDb::at(&postgres.postgres_trust_url("postgres")).await,
+            mongo: TestMongo::new().await,
+            kafka: kafka_settings(),
+        }
+    }
+
     /// Environment variables for `ordersaga` processes of this system.
     pub fn env(&self) -> Vec<(String, String)> {
         let k = &self.kafka;
@@ -527,8 +544,8 @@ pub mod fakes {
     }
 }
 
-/// A server of the test's own (an Apache Kafka broker, or the MongoDB-protocol
-/// stand-in), on a free port, that the test may stop, kill and start again on
+/// A server of the test's own (an Apache Kafka broker, the MongoDB-protocol
+/// stand-in, or PostgreSQL), on a free port, that the test may stop, kill and start again on
 /// the same port, with its data kept (or wiped). Killed when dropped.
 pub struct PrivateServer {
     kind: ServerKind,
@@ -592,6 +609,12 @@ impl PrivateServer {
             ca.path("server.key"),
         ];
         s.launched()
+    }
+
+    /// A plain PostgreSQL server (no TLS; user `postgres` without a password),
+    /// for tests that stop it and start it again.
+    pub fn postgres() -> Self {
+        Self::new(ServerKind::Postgres).launched()
     }
 
     /// A PostgreSQL server that takes TCP clients over TLS only (a certificate
@@ -694,7 +717,7 @@ impl PrivateServer {
         self.child = Some(child);
         // A JVM start and, the first time, formatting the log dir take a few seconds.
         let deadline = Instant::now() + Duration::from_secs(90);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !self.answers() {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -717,13 +740,32 @@ impl PrivateServer {
         }
     }
 
+    /// Whether the server takes clients: its port is open and, for PostgreSQL
+    /// (whose port opens before it is ready), `pg_isready` says it accepts them.
+    fn answers(&self) -> bool {
+        if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            return false;
+        }
+        self.kind != ServerKind::Postgres
+            || Command::new("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+
     /// Stops the server as an operator would (SIGTERM, then SIGKILL after 20 s)
     /// and waits until its port is closed. (A SIGKILLed secantusd-rs loses the
     /// writes of its last half second even when journaled: docs/stand-ins.md.)
+    /// PostgreSQL gets SIGINT, its "fast" shutdown: SIGTERM ("smart") would
+    /// wait for every client to disconnect, which a connection pool never does.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let signal = match self.kind {
+                ServerKind::Postgres => "-INT",
+                _ => "-TERM",
+            };
             let _ = Command::new("kill")
-                .arg("-TERM")
+                .arg(signal)
                 .arg(child.id().to_string())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -766,6 +808,11 @@ impl PrivateServer {
 
     pub fn mongo_uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<database>` (a server from [`Self::postgres`]).
+    pub fn postgres_trust_url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
     /// `postgres://postgres:<password>@127.0.0.1:<port>/<database>?<query>`.

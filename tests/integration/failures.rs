@@ -383,3 +383,258 @@ async fn garbage_on_every_input_topic_is_dead_lettered_and_the_saga_carries_on()
         .collect();
     assert_eq!(sources, expected, "dead letters from every input topic");
 }
+
+/// One POST of a load: when it went out, how long its answer took, and what it was.
+#[derive(Debug, Clone)]
+struct Answer {
+    sent_at: std::time::Instant,
+    took: Duration,
+    /// The status, or the client's error (no answer within its timeout, connection refused...).
+    status: Result<u16, String>,
+    json: bool,
+    body: Value,
+}
+
+/// Places orders from `workers` clients, one after another, until `stop`; every answer is kept.
+fn keep_placing(
+    api: &crate::common::Api,
+    workers: usize,
+    client_timeout: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<Answer>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks = (0..workers)
+        .map(|w| {
+            let (api, stop, answers) = (api.clone(), stop.clone(), answers.clone());
+            tokio::spawn(async move {
+                let user = format!("pg-outage-{w}");
+                while !stop.is_cancelled() {
+                    let sent_at = std::time::Instant::now();
+                    let response = api
+                        .http
+                        .post(api.url("/api/orders"))
+                        .form(&[
+                            ("value", "10.00"),
+                            ("user_id", user.as_str()),
+                            ("installment", "1"),
+                            ("method", "cash"),
+                        ])
+                        .timeout(client_timeout)
+                        .send()
+                        .await;
+                    let answer = match response {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let json = r
+                                .headers()
+                                .get(reqwest::header::CONTENT_TYPE)
+                                .and_then(|v| v.to_str().ok())
+                                .is_some_and(|v| v.starts_with("application/json"));
+                            let body = r.json().await.unwrap_or(Value::Null);
+                            Answer {
+                                sent_at,
+                                took: sent_at.elapsed(),
+                                status: Ok(status),
+                                json,
+                                body,
+                            }
+                        }
+                        Err(e) => Answer {
+                            sent_at,
+                            took: sent_at.elapsed(),
+                            status: Err(e.to_string()),
+                            json: false,
+                            body: Value::Null,
+                        },
+                    };
+                    let refused = answer.status != Ok(201);
+                    answers.lock().unwrap().push(answer);
+                    if refused {
+                        // A client backing off a little, as a real one would.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    (answers, tasks)
+}
+
+fn count_answers(
+    answers: &std::sync::Mutex<Vec<Answer>>,
+    check: impl Fn(&Answer) -> bool,
+) -> usize {
+    answers.lock().unwrap().iter().filter(|a| check(a)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgresql_stopped_under_load_orders_are_refused_503_unavailable_and_none_accepted_is_lost()
+ {
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    let mut pg = PrivateServer::postgres();
+    let launcher = Launcher::new(SystemEnv::on_postgres(&pg).await)
+        .set("API_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT.as_millis())
+        // Below the request timeout, as the defaults are (5 s and 15 s): a
+        // request waiting for a connection is answered `unavailable`, not `timeout`.
+        .set("DATABASE_ACQUIRE_TIMEOUT_MS", 1000);
+    let mut all = launcher.spawn("all", &[]);
+    let api = launcher.api();
+    api.wait_healthy(SETTLE).await;
+    let warm = place(&api, "10.00", "pg-outage-warm", "1", "cash").await;
+    assert_eq!(status_and_reason(&api, &warm).await.0, "APPROVED");
+
+    let stop_load = tokio_util::sync::CancellationToken::new();
+    let (answers, workers) = keep_placing(
+        &api,
+        4,
+        REQUEST_TIMEOUT + Duration::from_secs(5),
+        stop_load.clone(),
+    );
+    eventually("20 orders accepted before the outage", SETTLE, || async {
+        (count_answers(&answers, |a| a.status == Ok(201)) >= 20).then_some(())
+    })
+    .await;
+
+    // PostgreSQL stops (a fast shutdown: its sessions are ended) while orders flow.
+    let mut pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let down_at = std::time::Instant::now();
+    eventually(
+        "10 orders sent and answered while PostgreSQL is down",
+        SETTLE,
+        || async { (count_answers(&answers, |a| a.sent_at >= down_at) >= 10).then_some(()) },
+    )
+    .await;
+    let (status, ready) = api.get_json("/ready").await;
+    assert_eq!(status, 503, "readiness names PostgreSQL while it is down");
+    assert_ne!(ready["checks"]["postgres"], "ok", "{ready}");
+    let restart_at = std::time::Instant::now();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start();
+        pg
+    })
+    .await
+    .unwrap();
+    let up_at = std::time::Instant::now();
+    eventually(
+        "20 orders accepted after PostgreSQL is back",
+        SETTLE,
+        || async {
+            (count_answers(&answers, |a| a.sent_at >= up_at && a.status == Ok(201)) >= 20)
+                .then_some(())
+        },
+    )
+    .await;
+    stop_load.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    eprintln!(
+        "{} POSTs: {} answered 201, {} answered 503; slowest answer {:?}",
+        answers.len(),
+        answers.iter().filter(|a| a.status == Ok(201)).count(),
+        answers.iter().filter(|a| a.status == Ok(503)).count(),
+        answers.iter().map(|a| a.took).max().unwrap_or_default()
+    );
+
+    // Only two answers, ever: 201, or 503 `unavailable` as JSON; each within the request timeout.
+    let odd: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| match a.status {
+            Ok(201) => false,
+            Ok(503) => !(a.json && a.body["error"] == "unavailable"),
+            _ => true,
+        })
+        .collect();
+    assert!(
+        odd.is_empty(),
+        "answers other than 201 and 503 unavailable: {odd:#?}"
+    );
+    let slow: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.took > REQUEST_TIMEOUT + Duration::from_secs(1))
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "answered past the request timeout: {slow:#?}"
+    );
+    let during: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.sent_at >= down_at && a.sent_at + a.took <= restart_at)
+        .collect();
+    assert!(
+        during.len() >= 10,
+        "sent and answered during the outage: {}",
+        during.len()
+    );
+    assert!(
+        during.iter().all(|a| a.status == Ok(503)),
+        "while PostgreSQL is down every order is refused: {during:#?}"
+    );
+
+    // Every order that got its 201 is stored and settles, once.
+    let accepted: Vec<String> = answers
+        .iter()
+        .filter(|a| a.status == Ok(201))
+        .map(|a| a.body["id"].as_str().unwrap().to_string())
+        .collect();
+    let pool = launcher.pool();
+    eventually("every accepted order to settle", SETTLE, || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders WHERE id = ANY($1::uuid[]) AND status = 'PROCESSING'",
+        )
+        .bind(&accepted)
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (open == 0).then_some(())
+    })
+    .await;
+    let approved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE id = ANY($1::uuid[]) AND status = 'APPROVED'",
+    )
+    .bind(&accepted)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        approved as usize,
+        accepted.len(),
+        "every accepted order exists and is APPROVED"
+    );
+    let settled_once: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT order_id) FROM order_status_transitions
+          WHERE order_id = ANY($1::uuid[]) AND from_status = 'PROCESSING'",
+    )
+    .bind(&accepted)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let transitions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM order_status_transitions
+          WHERE order_id = ANY($1::uuid[]) AND from_status = 'PROCESSING'",
+    )
+    .bind(&accepted)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (settled_once, transitions),
+        (accepted.len() as i64, accepted.len() as i64),
+        "each accepted order left PROCESSING exactly once"
+    );
+    assert!(
+        all.is_running(),
+        "`ordersaga all` rode out the outage: {}",
+        all.log()
+    );
+    drop(pg);
+}
