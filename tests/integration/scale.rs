@@ -193,3 +193,58 @@ async fn sigterm_reports_draining_then_exits_cleanly_and_nothing_is_lost() {
     api.wait_healthy(Duration::from_secs(60)).await;
     assert_settled_exactly_once(&launcher, &orders).await;
 }
+
+#[tokio::test]
+async fn one_idempotency_key_sent_to_two_api_processes_at_once_creates_one_order() {
+    let launcher = Launcher::new(SystemEnv::new().await);
+    let second_port = free_port().to_string();
+    let _api_a = launcher.spawn("api", &[]);
+    let _api_b = launcher.spawn("api", &[("PORT", &second_port)]);
+    let apis = [
+        launcher.api(),
+        Api::new(format!("127.0.0.1:{second_port}").parse().unwrap()),
+    ];
+    for api in &apis {
+        api.wait_healthy(Duration::from_secs(60)).await;
+    }
+    let send = |api: &Api, key: String| {
+        let request = api
+            .http
+            .post(api.url("/api/orders"))
+            .header("Idempotency-Key", key)
+            .form(&[
+                ("value", "12.34"),
+                ("user_id", "twice"),
+                ("installment", "1"),
+                ("method", "cash"),
+            ]);
+        async move {
+            let r = request.send().await.expect("request sent");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Several rounds, each a new key sent to both processes at the same moment:
+    // the race the key guards against, not just a retry after the first answer.
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        let key = format!("checkout-{round}");
+        let ((status_a, a), (status_b, b)) =
+            tokio::join!(send(&apis[0], key.clone()), send(&apis[1], key.clone()));
+        let mut statuses = [status_a, status_b];
+        statuses.sort();
+        // README: the same key and form return the same order with 200.
+        assert_eq!(statuses, [200, 201], "round {round}: {a} / {b}");
+        assert_eq!(a["id"], b["id"], "round {round}: both name one order");
+        assert!(a["id"].is_string(), "{a}");
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(launcher.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            rows as usize,
+            round + 1,
+            "round {round}: exactly one row in orders per key"
+        );
+    }
+}
