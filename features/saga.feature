@@ -42,3 +42,17 @@ Feature: The saga settles every order
       | command_sent  |
       | command_sent  |
     And the timeline ends with the status changing to CANCELED because BALANCE_LIMIT_EXCEEDED
+
+  Scenario Outline: On a warm system an order settles within a second of its 201
+    The reference's timing promise, measured by the client: from the 201 that
+    accepts the order to the first read that shows it settled.
+    Given the system has settled an order already
+    And a user called "<user>"
+    When the user places an order of "<value>" in 1 installment by "cash"
+    Then the order is accepted as PROCESSING
+    And the order settles as <outcome> within 1 second of its 201
+
+    Examples:
+      | user   | value    | outcome  |
+      | kate   | 25.00    | APPROVED |
+      | liam   | 10000.01 | CANCELED |

@@ -148,8 +148,9 @@ pub struct OrderWorld {
     pub user: String,
     /// The last response: status and body.
     pub last: Option<(u16, serde_json::Value)>,
-    /// The last order accepted (201).
+    /// The last order accepted (201), and when its 201 arrived.
     pub order: Option<serde_json::Value>,
+    pub accepted_at: Option<std::time::Instant>,
     /// Orders this scenario placed, oldest first.
     pub placed: Vec<String>,
 }

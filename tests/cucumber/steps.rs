@@ -1,6 +1,6 @@
 //! Step definitions: small, all through the scenario's system's one HTTP client.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cucumber::gherkin::Step;
 use cucumber::{given, then, when};
@@ -47,6 +47,7 @@ async fn record(w: &mut OrderWorld, response: reqwest::Response) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if status == 201 {
+        w.accepted_at = Some(Instant::now());
         w.placed.push(body["id"].as_str().unwrap().to_string());
         w.order = Some(body.clone());
     }
@@ -89,6 +90,13 @@ async fn has_placed(w: &mut OrderWorld, n: usize) {
         .await;
         assert_eq!(last(w).0, 201);
     }
+}
+
+#[given("the system has settled an order already")]
+async fn warm(w: &mut OrderWorld) {
+    let api = w.api();
+    let id = crate::common::place(api, "1.00", "warm-up", "1", "cash").await;
+    api.wait_settled(&id, SETTLE).await;
 }
 
 #[given("the balance validator is stopped")]
@@ -328,6 +336,32 @@ async fn becomes(w: &mut OrderWorld, status: String, reason: String) {
     assert_eq!(order["status"], status.as_str(), "{order}");
     if !reason.is_empty() {
         assert_eq!(order["cancel_reason"], reason.as_str(), "{order}");
+    }
+}
+
+#[then(expr = "the order settles as {word} within {int} second(s) of its 201")]
+async fn settles_within(w: &mut OrderWorld, status: String, secs: u64) {
+    let accepted_at = w.accepted_at.expect("an order was accepted");
+    let deadline = accepted_at + Duration::from_secs(secs);
+    let id = order_id(w);
+    // Polled every 10 ms, not with `eventually`: its backoff (up to 200 ms
+    // between reads) would eat into the budget being measured.
+    loop {
+        let (code, order) = w.api().get_json(&format!("/api/order/{id}")).await;
+        let seen = accepted_at.elapsed();
+        if code == 200 && order["status"] != "PROCESSING" {
+            assert_eq!(order["status"], status.as_str(), "{order}");
+            assert!(
+                Instant::now() <= deadline,
+                "settled, but only seen {seen:?} after its 201: {order}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still PROCESSING {seen:?} after its 201 (promise: {secs} s): {code} {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
