@@ -3,10 +3,13 @@
 //! killed with SIGKILL and restarted in turn, then the Kafka broker is killed
 //! (and restarted with its data) and wiped (restarted empty), and MongoDB and
 //! the user API are stopped for a while, and a crowd of slow clients and
-//! live-page streams besieges the API. After each phase it checks that every
+//! live-page streams besieges the API; last, every component is stopped with
+//! SIGTERM in turn, as a deployment does, and must exit 0 within its shutdown
+//! timeout before it is started again. After each phase it checks that every
 //! accepted order settled exactly once with the right status and that the
 //! MongoDB event log agrees with PostgreSQL, and prints a table of figures.
-//! Exits non-zero on any loss, duplicate, stuck or wrong order.
+//! Exits non-zero on any loss, duplicate, stuck or wrong order, or a graceful
+//! stop that was not.
 //!
 //!   make drill                                 (5,000 orders, 30 s outages)
 //!   make drill DRILL_ARGS="--orders 300 --outage-secs 5"
@@ -40,7 +43,8 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     settle_secs: u64,
     /// Run only these phases (comma-separated): api, relay, orchestrator, user-validator,
-    /// balance-validator, broker-kill, broker-wipe, mongodb, user-api, crowd.
+    /// balance-validator, broker-kill, broker-wipe, mongodb, user-api, crowd, and
+    /// term-<component> (term-api, term-relay, ..., term-user-api) for the SIGTERM phases.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Arguments cargo's test runner may pass (ignored).
@@ -74,7 +78,31 @@ impl Stack {
             p.kill();
         }
     }
+
+    /// Stops the component with SIGTERM, as a deployment would, and waits (at
+    /// most `within`) for it to exit; its exit status, or None if it did not
+    /// exit in time (it is killed then).
+    async fn terminate(
+        &mut self,
+        name: &'static str,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut p = self
+            .components
+            .get_mut(name)
+            .and_then(|c| c.process.take())
+            .expect("the component runs");
+        // Waiting blocks: off the runtime's threads, which carry the load.
+        tokio::task::spawn_blocking(move || p.terminate(within))
+            .await
+            .unwrap()
+    }
 }
+
+/// The shutdown timeout the drill gives every component (`SHUTDOWN_TIMEOUT_MS`).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Beyond the shutdown timeout, for the process to start handling the signal and to end.
+const EXIT_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -89,6 +117,9 @@ enum Fault {
     /// While the orders are sent: `CROWD_STREAMS` live-page streams and
     /// `CROWD_SLOW` clients that never finish their request bodies.
     Crowd,
+    /// SIGTERM to a component while orders are in flight: it must exit 0
+    /// within its shutdown timeout; then it is started again.
+    Term(&'static str),
 }
 
 /// Live-page streams the crowd opens (the API serves `UI_STREAM_MAX`, 100).
@@ -105,6 +136,7 @@ impl Fault {
             Fault::MongoDb => "MongoDB down".into(),
             Fault::UserApi => "user API down".into(),
             Fault::Crowd => format!("crowd ({CROWD_SLOW} slow, {CROWD_STREAMS} SSE)"),
+            Fault::Term(c) => format!("SIGTERM {c}"),
         }
     }
 
@@ -117,18 +149,25 @@ impl Fault {
             Fault::MongoDb => "mongodb",
             Fault::UserApi => "user-api",
             Fault::Crowd => "crowd",
+            Fault::Term("api") => "term-api",
+            Fault::Term("relay") => "term-relay",
+            Fault::Term("orchestrator") => "term-orchestrator",
+            Fault::Term("user-validator") => "term-user-validator",
+            Fault::Term("balance-validator") => "term-balance-validator",
+            Fault::Term("user-api") => "term-user-api",
+            Fault::Term(other) => unreachable!("no phase stops {other}"),
         }
     }
 
     fn is_outage(&self) -> bool {
-        !matches!(self, Fault::Kill(_))
+        !matches!(self, Fault::Kill(_) | Fault::Term(_))
     }
 
     /// Whether POSTs may be refused during this phase: only while the API
     /// process itself restarts (connection refused). In every other phase an
     /// order not accepted is a failure.
     fn may_refuse(&self) -> bool {
-        matches!(self, Fault::Kill("api"))
+        matches!(self, Fault::Kill("api") | Fault::Term("api"))
     }
 }
 
@@ -250,12 +289,16 @@ async fn crowd(api: &Api, lasting: Duration) -> CrowdReport {
     report
 }
 
-/// Sends orders `range` at `rate`, with at most 32 in flight; returns the accepted ids by number.
-async fn send_load(
-    api: &Api,
-    range: std::ops::Range<usize>,
-    rate: f64,
-) -> (usize, Vec<(usize, String)>) {
+/// What the load got: how many were sent, the accepted ids by number, and
+/// how many of the others got each kind of refusal.
+struct Load {
+    sent: usize,
+    accepted: Vec<(usize, String)>,
+    refused: std::collections::BTreeMap<String, usize>,
+}
+
+/// Sends orders `range` at `rate`, with at most 32 in flight.
+async fn send_load(api: &Api, range: std::ops::Range<usize>, rate: f64) -> Load {
     let permits = Arc::new(Semaphore::new(32));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -282,20 +325,30 @@ async fn send_load(
                 .await;
             match response {
                 Ok(r) if r.status().as_u16() == 201 => {
-                    let body: serde_json::Value = r.json().await.ok()?;
-                    Some((n, body["id"].as_str()?.to_string()))
+                    let body: serde_json::Value =
+                        r.json().await.map_err(|_| "201 without a body")?;
+                    let id = body["id"].as_str().ok_or("201 without an id")?;
+                    Ok((n, id.to_string()))
                 }
-                _ => None,
+                Ok(r) => Err(format!("answered {}", r.status().as_u16())),
+                Err(e) if e.is_connect() => Err("connection refused".into()),
+                Err(e) if e.is_timeout() => Err("no answer within 10 s".into()),
+                Err(_) => Err("connection lost before the answer".into()),
             }
         }));
     }
-    let mut accepted = Vec::new();
+    let mut load = Load {
+        sent: range.len(),
+        accepted: Vec::new(),
+        refused: Default::default(),
+    };
     for t in tasks {
-        if let Some(a) = t.await.unwrap() {
-            accepted.push(a);
+        match t.await.unwrap() {
+            Ok(a) => load.accepted.push(a),
+            Err(kind) => *load.refused.entry(kind).or_default() += 1,
         }
     }
-    (range.len(), accepted)
+    load
 }
 
 async fn check_phase(
@@ -549,6 +602,7 @@ async fn main() {
         .set("MONGODB_TIMEOUT_MS", 2000)
         // The crowd's slow clients are answered 503 timeout after this.
         .set("API_REQUEST_TIMEOUT_MS", 3000)
+        .set("SHUTDOWN_TIMEOUT_MS", SHUTDOWN_TIMEOUT.as_millis())
         .set(
             "RUST_LOG",
             std::env::var("DRILL_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -603,6 +657,13 @@ async fn main() {
         Fault::MongoDb,
         Fault::UserApi,
         Fault::Crowd,
+        // Last, every component stopped gracefully in turn, as a rolling deployment does.
+        Fault::Term("api"),
+        Fault::Term("relay"),
+        Fault::Term("orchestrator"),
+        Fault::Term("user-validator"),
+        Fault::Term("balance-validator"),
+        Fault::Term("user-api"),
     ]
     .into_iter()
     .filter(|f| args.only.is_empty() || args.only.iter().any(|o| *o == f.name()))
@@ -617,6 +678,8 @@ async fn main() {
     let mut refused: Vec<String> = Vec::new();
     // Bounds that did not hold under the crowd.
     let mut bounds: Vec<String> = Vec::new();
+    // Components that did not exit 0 within their shutdown timeout on SIGTERM.
+    let mut unclean: Vec<String> = Vec::new();
     for (i, fault) in faults.iter().enumerate() {
         let range = i * per_phase..if i + 1 == faults.len() {
             args.orders
@@ -682,6 +745,32 @@ async fn main() {
                 stack.start("user-api");
                 back_at = Some(chrono::Utc::now());
             }
+            Fault::Term(name) => {
+                let within = SHUTDOWN_TIMEOUT + EXIT_MARGIN;
+                let stopping = Instant::now();
+                let status = stack.terminate(name, within).await;
+                let took = stopping.elapsed();
+                match status {
+                    Some(status) if status.success() => {
+                        println!("  {name} exited 0 {} ms after SIGTERM", took.as_millis())
+                    }
+                    Some(status) => {
+                        println!("  ! {name} exited with {status} on SIGTERM; see its log");
+                        unclean.push(format!("{name} exited with {status}"));
+                    }
+                    None => {
+                        println!(
+                            "  ! {name} did not exit within {} s of SIGTERM",
+                            within.as_secs()
+                        );
+                        unclean.push(format!(
+                            "{name} still running {} s after SIGTERM",
+                            within.as_secs()
+                        ));
+                    }
+                }
+                stack.start(name);
+            }
             Fault::Crowd => {
                 let report = crowd(&api, outage).await;
                 println!(
@@ -698,10 +787,18 @@ async fn main() {
                 }
             }
         }
-        if matches!(fault, Fault::Kill("api")) {
+        if matches!(fault, Fault::Kill("api") | Fault::Term("api")) {
             api.wait_healthy(Duration::from_secs(120)).await;
         }
-        let (sent, accepted) = load.await.unwrap();
+        let Load {
+            sent,
+            accepted,
+            refused: refusals,
+        } = load.await.unwrap();
+        if !refusals.is_empty() {
+            let kinds: Vec<String> = refusals.iter().map(|(k, n)| format!("{n} × {k}")).collect();
+            println!("  not accepted: {}", kinds.join(", "));
+        }
         for (name, c) in stack.components.iter_mut() {
             if let Some(status) = c.process.as_mut().and_then(Process::exit_status) {
                 println!("  ! {name} exited by itself ({status}); see its log");
@@ -784,16 +881,20 @@ async fn main() {
     if !bounds.is_empty() {
         println!("bounds that did not hold: {}", bounds.join(", "));
     }
+    if !unclean.is_empty() {
+        println!("graceful stops that were not: {}", unclean.join(", "));
+    }
     let failed = total.lost + total.duplicated + total.stuck + total.wrong > 0
         || log.is_err()
         || !exited.is_empty()
         || !refused.is_empty()
-        || !bounds.is_empty();
+        || !bounds.is_empty()
+        || !unclean.is_empty();
     // Processes, private servers and databases go before the exit.
     drop(stack);
     if failed {
         println!(
-            "DRILL FAILED: something was lost, duplicated, stuck, wrong or refused, or a component exited on its own"
+            "DRILL FAILED: something was lost, duplicated, stuck, wrong or refused, or a component exited on its own or not cleanly on SIGTERM"
         );
         std::process::exit(1);
     }
