@@ -208,7 +208,8 @@ pub struct KafkaArgs {
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub consumer_concurrency: u32,
     /// Messages one lane handles at once. Two messages with the same key (one
-    /// order's) are never handled at once, and offsets are committed in order
+    /// order's) are never handled at once, except by the orchestrator, whose
+    /// store serializes an order's decisions itself; offsets are committed in order
     /// whatever finishes first. 1 handles each partition one message at a time.
     #[arg(long, env = "CONSUMER_LANE_DEPTH", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub consumer_lane_depth: u32,

@@ -383,6 +383,9 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             let mut cs = ConsumerSettings::new(component, topics);
             cs.max_attempts = settings.consumer_max_attempts;
             cs.shutdown_timeout = settings.shutdown_timeout;
+            // The saga store serializes an order's decisions itself, and writes
+            // both replies of an order once when they are handled together.
+            cs.one_per_key = component != "orchestrator";
             assignments.push((component, cs.assignment.clone()));
             let dlq: Arc<dyn MessagePublisher> = Arc::new(publisher.clone().expect("kafka"));
             let k = kafka_settings.clone();

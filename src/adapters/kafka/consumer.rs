@@ -1,8 +1,10 @@
 //! The consumer loop: reads a consumer group's topics and hands each message
 //! to a `MessageHandler`. Partitions are spread over `CONSUMER_CONCURRENCY`
 //! lanes; a lane handles up to `CONSUMER_LANE_DEPTH` messages at once, never
-//! two with the same key (an order's messages are handled in order), and
-//! stores offsets in arrival order.
+//! two with the same key (an order's messages are handled in order; the
+//! orchestrator lifts this, as its store serializes an order's decisions and
+//! merges both replies handled together into one write), and stores offsets
+//! in arrival order.
 //!
 //! Offsets are stored only after a message was handled (or dead-lettered) and
 //! committed in the background, so delivery is at-least-once: a crash replays
@@ -56,6 +58,11 @@ pub struct ConsumerSettings {
     pub shutdown_timeout: Duration,
     /// Marked when the group first assigns this consumer its partitions (`/ready` waits for it).
     pub assignment: Arc<ConsumerAssignment>,
+    /// Never handle two messages with the same key (one order's) at once.
+    /// The orchestrator turns it off: its store already serializes the
+    /// decisions about one order, and both replies of an order handled
+    /// together can then be written together.
+    pub one_per_key: bool,
 }
 
 impl ConsumerSettings {
@@ -68,6 +75,7 @@ impl ConsumerSettings {
             max_backoff: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
             assignment: Arc::default(),
+            one_per_key: true,
         }
     }
 }
@@ -296,7 +304,7 @@ async fn consume(
     let workers = futures::future::join_all(
         receivers
             .into_iter()
-            .map(|rx| run_lane(rx, depth, &handle, &store)),
+            .map(|rx| run_lane(rx, depth, settings.one_per_key, &handle, &store)),
     );
     let dispatch = async move {
         let mut outage = false;
@@ -344,15 +352,16 @@ async fn consume(
     ended
 }
 
-/// One lane: handles up to `depth` of its messages at once, but never two
-/// with the same key (one order's messages stay in order), and stores their
-/// offsets strictly in the order they arrived, so a committed offset never
+/// One lane: handles up to `depth` of its messages at once, but (with
+/// `per_key`) never two with the same key (one order's messages stay in
+/// order), and stores their offsets strictly in the order they arrived, so a committed offset never
 /// passes a message that is still being handled. Stops at the first message
 /// that shutdown interrupted (`handle` gives `None`): its offset and every
 /// later one stay unstored, and the next owner of the partition sees them again.
 async fn run_lane<F, Fut>(
     mut rx: mpsc::Receiver<OwnedMessage>,
     depth: usize,
+    per_key: bool,
     handle: &F,
     store: &(impl Fn(&OwnedMessage) + ?Sized),
 ) where
@@ -368,7 +377,7 @@ async fn run_lane<F, Fut>(
         // Start the message taken last, if there is room and its key is free.
         if let Some(m) = waiting.take() {
             let k = key(&m);
-            if in_flight.len() < depth && (k.is_none() || !keys.contains(&k)) {
+            if in_flight.len() < depth && (!per_key || k.is_none() || !keys.contains(&k)) {
                 keys.push_back(k);
                 in_flight.push_back(handle(m));
             } else {
@@ -607,6 +616,15 @@ mod tests {
     /// Runs a lane of `depth` over `plan` (offset, key, handling ms); the
     /// message at `interrupted` (if any) is cut short by shutdown.
     async fn run(plan: &[(i64, &str, u64)], depth: usize, interrupted: Option<i64>) -> Trace {
+        run_keyed(plan, depth, true, interrupted).await
+    }
+
+    async fn run_keyed(
+        plan: &[(i64, &str, u64)],
+        depth: usize,
+        per_key: bool,
+        interrupted: Option<i64>,
+    ) -> Trace {
         let (tx, rx) = mpsc::channel(plan.len());
         for (offset, key, _) in plan {
             tx.send(message(*offset, key)).await.unwrap();
@@ -622,7 +640,7 @@ mod tests {
                 {
                     let mut t = trace.lock().unwrap();
                     assert!(
-                        t.running.iter().all(|(_, k)| *k != key),
+                        !per_key || t.running.iter().all(|(_, k)| *k != key),
                         "two messages with key {key} at once"
                     );
                     t.running.push((offset, key));
@@ -638,7 +656,7 @@ mod tests {
             }
         };
         let store = |m: &OwnedMessage| trace.lock().unwrap().stored.push(m.offset());
-        run_lane(rx, depth, &handle, &store).await;
+        run_lane(rx, depth, per_key, &handle, &store).await;
         trace.into_inner().unwrap()
     }
 
@@ -661,6 +679,20 @@ mod tests {
             "a's second message waited for its first: {:?}",
             t.events
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_one_per_key_a_keys_messages_overlap_yet_offsets_stay_in_order() {
+        let plan = [(0, "a", 50), (1, "a", 10), (2, "b", 1)];
+        let t = run_keyed(&plan, 3, false, None).await;
+        assert_eq!(t.most_at_once, 3, "{:?}", t.events);
+        let at = |e: &str| t.events.iter().position(|x| x == e).unwrap();
+        assert!(
+            at("start 1") < at("end 0"),
+            "a's two messages overlapped: {:?}",
+            t.events
+        );
+        assert_eq!(t.stored, [0, 1, 2], "{:?}", t.events);
     }
 
     #[tokio::test(start_paused = true)]
