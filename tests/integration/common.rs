@@ -394,6 +394,25 @@ impl SystemEnv {
     }
 }
 
+/// The run's topics go with it, so the local broker does not gather
+/// thousands of test partitions (each slows its start).
+impl Drop for SystemEnv {
+    fn drop(&mut self) {
+        let kafka = self.kafka.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let deleted = ordersaga::adapters::kafka::delete_topics(&kafka);
+                let _ = tokio::time::timeout(Duration::from_secs(15), deleted).await;
+            });
+        })
+        .join();
+    }
+}
+
 /// One reqwest client for a test, with a base URL.
 #[derive(Clone)]
 pub struct Api {
