@@ -148,6 +148,10 @@ pub fn kafka_settings() -> Arc<KafkaSettings> {
 }
 
 pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
+    if brokers == kafka_brokers() {
+        static SWEPT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        SWEPT.get_or_init(|| sweep_test_topics(brokers));
+    }
     let prefix = unique("t");
     Arc::new(KafkaSettings {
         brokers: brokers.into(),
@@ -166,6 +170,53 @@ pub fn kafka_settings_at(brokers: &str) -> Arc<KafkaSettings> {
         lane_depth: 4,
         extra: Default::default(),
     })
+}
+
+/// Deletes the topics earlier test runs left on the shared broker (named
+/// `t` + 12 hex digits + `.`, see `unique`), once per test process and
+/// before its first test makes any: a run that ends early (a failed
+/// assertion, ^C) cannot delete its own, and a broker that gathers thousands
+/// of partitions starts slowly. (Test binaries run one after the other, so
+/// no other run's topics are in use.)
+fn sweep_test_topics(brokers: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let brokers = brokers.to_owned();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let Ok(admin) = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create::<AdminClient<DefaultClientContext>>()
+            else {
+                return;
+            };
+            let Ok(metadata) = admin.inner().fetch_metadata(None, Duration::from_secs(10)) else {
+                return;
+            };
+            let stale: Vec<String> = metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|name| {
+                    let bytes = name.as_bytes();
+                    bytes.len() > 14
+                        && bytes[0] == b't'
+                        && bytes[13] == b'.'
+                        && bytes[1..13].iter().all(u8::is_ascii_hexdigit)
+                })
+                .collect();
+            for chunk in stale.chunks(500) {
+                let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+                let _ = admin.delete_topics(&names, &options).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// A Mongo database of the test's own, dropped when the guard goes.
