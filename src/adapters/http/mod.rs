@@ -6,6 +6,7 @@ pub mod guard;
 pub mod health;
 pub mod observe;
 pub mod openapi;
+pub mod openapi_schemas;
 pub mod orders;
 pub mod probe;
 pub mod ui;

@@ -14,6 +14,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::form::OrderForm;
 use super::observe;
+use super::openapi_schemas::OrderFormDoc;
 use crate::application::AppError;
 use crate::application::orders::MAX_PAGE_SIZE;
 use crate::application::ports::EventRecord;
@@ -61,87 +62,6 @@ impl From<Order> for OrderBody {
             updated_at: o.updated_at,
         }
     }
-}
-
-// The patterns below say in the OpenAPI document exactly what the domain
-// accepts (ECMA-262 and Python read them alike), so generated clients and API
-// fuzzers know the rules; a test checks them against the domain's parsers.
-
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum CreditCard {
-    CreditCard,
-}
-
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum SingleInstallmentMethod {
-    DebitCard,
-    Transfer,
-    Cash,
-}
-
-/// An order paid by credit card, in 1 to 12 installments.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct CreditCardOrderForm {
-    /// Decimal greater than 0 with at most 2 decimals (at most 999999999999.99).
-    #[schema(
-        example = "1000.00",
-        pattern = r"^(?:0*[1-9][0-9]{0,11}(?:\.[0-9]{1,2})?|0+\.(?:[1-9][0-9]?|0[1-9]))$"
-    )]
-    value: String,
-    /// 1 to 64 characters. An id containing `invalid` is refused by the stub user API.
-    #[schema(
-        example = "uuuu-aaaa-bbbb",
-        min_length = 1,
-        max_length = 64,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
-    user_id: String,
-    /// 1 to 12.
-    #[schema(example = "10", pattern = r"^0*(?:[1-9]|1[0-2])$")]
-    installment: String,
-    #[schema(inline)]
-    method: CreditCard,
-}
-
-/// An order paid by debit card, transfer or cash, in 1 installment.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct SingleInstallmentOrderForm {
-    /// Decimal greater than 0 with at most 2 decimals (at most 999999999999.99).
-    #[schema(
-        example = "150.00",
-        pattern = r"^(?:0*[1-9][0-9]{0,11}(?:\.[0-9]{1,2})?|0+\.(?:[1-9][0-9]?|0[1-9]))$"
-    )]
-    value: String,
-    /// 1 to 64 characters. An id containing `invalid` is refused by the stub user API.
-    #[schema(
-        example = "uuuu-aaaa-bbbb",
-        min_length = 1,
-        max_length = 64,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
-    user_id: String,
-    /// Always 1.
-    #[schema(example = "1", pattern = r"^0*1$")]
-    installment: String,
-    #[schema(inline)]
-    method: SingleInstallmentMethod,
-}
-
-/// The order form, as `application/x-www-form-urlencoded` or `multipart/form-data`.
-/// A form outside these rules gets 422 (a field is missing or malformed) or 400
-/// (the method does not allow that many installments).
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-#[serde(untagged)]
-pub enum OrderFormDoc {
-    CreditCard(CreditCardOrderForm),
-    SingleInstallment(SingleInstallmentOrderForm),
 }
 
 /// Place an order.
