@@ -298,7 +298,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             store.check(&url)
         })
         .await?;
-        dependencies.push(Dependency::Postgres(Arc::new(store.clone())));
+        dependencies.push(Dependency::store("postgres", Arc::new(store.clone())));
         Some(store)
     } else {
         None
@@ -322,7 +322,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         let publisher = KafkaPublisher::new(kafka_settings.clone(), "ordersaga")?;
         let p = publisher.clone();
         tokio::spawn(async move { p.learn_topics().await });
-        dependencies.push(Dependency::Kafka(Arc::new(publisher.clone())));
+        dependencies.push(Dependency::broker("kafka", Arc::new(publisher.clone())));
         Some(publisher)
     } else {
         None
@@ -331,7 +331,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
     let event_log = if roles.mongo() {
         let log = MongoEventLog::connect(&settings.mongo).await?;
         log.check().await?;
-        dependencies.push(Dependency::MongoDb(Arc::new(log.clone())));
+        dependencies.push(Dependency::event_log("mongodb", Arc::new(log.clone())));
         // The index is created in the background: a MongoDB outage must not stop the saga.
         let l = log.clone();
         let token = shutdown.clone();

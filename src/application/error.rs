@@ -41,7 +41,7 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(detail) => AppError::Unavailable {
-                dependency: "postgres",
+                dependency: "the order store",
                 detail,
             },
             StoreError::Overloaded(detail) => {
@@ -56,7 +56,7 @@ impl From<EventLogError> for AppError {
     fn from(e: EventLogError) -> Self {
         match e {
             EventLogError::Unavailable(detail) => AppError::Unavailable {
-                dependency: "mongodb",
+                dependency: "the event log",
                 detail,
             },
             EventLogError::Other(e) => AppError::Internal(e),

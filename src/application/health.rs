@@ -7,28 +7,55 @@ use std::time::Duration;
 
 use super::ports::{EventLog, MessagePublisher, OrderStore};
 
-/// A dependency to check.
+/// A dependency to check, reported under the name the wiring gives it
+/// (`/ready` lists `postgres`, `kafka`, `mongodb`: the names operators know).
 #[derive(Clone)]
-pub enum Dependency {
-    Postgres(Arc<dyn OrderStore>),
-    Kafka(Arc<dyn MessagePublisher>),
-    MongoDb(Arc<dyn EventLog>),
+pub struct Dependency {
+    name: &'static str,
+    port: Port,
+}
+
+#[derive(Clone)]
+enum Port {
+    Store(Arc<dyn OrderStore>),
+    Broker(Arc<dyn MessagePublisher>),
+    EventLog(Arc<dyn EventLog>),
 }
 
 impl Dependency {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Dependency::Postgres(_) => "postgres",
-            Dependency::Kafka(_) => "kafka",
-            Dependency::MongoDb(_) => "mongodb",
+    /// The order store, checked with [`OrderStore::ping`].
+    pub fn store(name: &'static str, store: Arc<dyn OrderStore>) -> Self {
+        Self {
+            name,
+            port: Port::Store(store),
         }
     }
 
+    /// The message broker, checked with [`MessagePublisher::ping`].
+    pub fn broker(name: &'static str, publisher: Arc<dyn MessagePublisher>) -> Self {
+        Self {
+            name,
+            port: Port::Broker(publisher),
+        }
+    }
+
+    /// The event log, checked with [`EventLog::ping`].
+    pub fn event_log(name: &'static str, log: Arc<dyn EventLog>) -> Self {
+        Self {
+            name,
+            port: Port::EventLog(log),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     async fn check(&self) -> Result<(), String> {
-        match self {
-            Dependency::Postgres(s) => s.ping().await.map_err(|e| e.to_string()),
-            Dependency::Kafka(p) => p.ping().await.map_err(|e| e.to_string()),
-            Dependency::MongoDb(l) => l.ping().await.map_err(|e| e.to_string()),
+        match &self.port {
+            Port::Store(s) => s.ping().await.map_err(|e| e.to_string()),
+            Port::Broker(p) => p.ping().await.map_err(|e| e.to_string()),
+            Port::EventLog(l) => l.ping().await.map_err(|e| e.to_string()),
         }
     }
 }

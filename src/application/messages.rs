@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 use crate::domain::{
-    CancelReason, Money, OrderId, OrderStatus, PaymentMethod, Step, StepOutcome, UserId,
+    CancelReason, Money, OrderId, OrderStatus, PaymentMethod, StepOutcome, UserId,
 };
 
 pub const HEADER_MESSAGE_ID: &str = "message-id";
@@ -21,7 +21,7 @@ pub const HEADER_MESSAGE_TIME: &str = "message-time";
 pub const HEADER_DLQ_ERROR: &str = "dlq-error";
 pub const HEADER_DLQ_SOURCE: &str = "dlq-source";
 
-/// Logical topics; the Kafka adapter prefixes them with `KAFKA_TOPIC_PREFIX`.
+/// Logical topics; the broker adapter gives them the deployment's prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
     OrdersCreated,
@@ -58,13 +58,6 @@ impl Topic {
 
     pub fn from_name(name: &str) -> Option<Topic> {
         Self::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    pub fn command_topic(step: Step) -> Topic {
-        match step {
-            Step::User => Topic::UserValidationCommands,
-            Step::Balance => Topic::BalanceValidationCommands,
-        }
     }
 }
 
@@ -170,8 +163,9 @@ pub struct InboundMessage {
     /// `None` when the message came from a topic this service does not know.
     pub topic: Option<Topic>,
     pub topic_name: String,
-    pub partition: i32,
-    pub offset: i64,
+    /// Where the transport took it from, as the transport names it (from
+    /// the Kafka adapter, `topic/partition/offset`): for logs and dead letters.
+    pub source: String,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -332,8 +326,7 @@ mod tests {
         InboundMessage {
             topic: Some(Topic::OrdersCreated),
             topic_name: "orders.created".into(),
-            partition: 0,
-            offset: 0,
+            source: "test/0/0".into(),
             key: None,
             payload: Some(payload.as_bytes().to_vec()),
             headers: headers

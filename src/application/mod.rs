@@ -1,6 +1,6 @@
 //! Use cases and the ports they need.
 //!
-//! Inbound adapters (HTTP, Kafka consumers) call the services here; the
+//! Inbound adapters (the HTTP API, the message consumers) call the services here; the
 //! services reach the outside world only through the traits in [`ports`],
 //! which the outbound adapters implement.
 

@@ -1,5 +1,5 @@
 //! The relay: follows the saga log. Its messages go to the broker, its events
-//! to the event log. The two feeds are independent, so a MongoDB outage delays
+//! to the event log. The two feeds are independent, so an event log outage delays
 //! the event log but never the saga, and a broker outage never loses an event.
 //!
 //! The log is append-only: a relay never deletes or marks rows. It follows a
@@ -326,142 +326,10 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-    use chrono::Utc;
-
     use super::*;
-    use crate::application::messages::{InboundMessage, MessageType, OutboundMessage, Topic};
-    use crate::application::ports::{EventLogError, EventRecord, PublishError, StoreError};
-    use crate::domain::{OrderId, SagaEventKind};
-
-    /// An in-memory saga log: rows, a position and a holder per feed.
-    #[derive(Default)]
-    struct MemoryLog {
-        rows: Mutex<Vec<LogRow>>,
-        feeds: Mutex<HashMap<Feed, (LogPosition, Option<Uuid>)>>,
-    }
-
-    impl MemoryLog {
-        fn push(&self, with_message: bool) {
-            let mut rows = self.rows.lock().unwrap();
-            let position = LogPosition(1, rows.len() as i64 + 1);
-            let order_id = OrderId::new();
-            rows.push(LogRow {
-                position,
-                event: Some(EventRecord {
-                    event_id: Uuid::new_v4(),
-                    order_id,
-                    seq: position.1,
-                    kind: SagaEventKind::CommandSent,
-                    payload: serde_json::json!({}),
-                    at: Utc::now(),
-                }),
-                message: with_message.then(|| {
-                    OutboundMessage::new(
-                        Uuid::new_v4(),
-                        Topic::UserValidationCommands,
-                        order_id,
-                        MessageType::ValidateUser,
-                        "c",
-                        &serde_json::json!({}),
-                    )
-                }),
-            });
-        }
-
-        fn position(&self, feed: Feed) -> LogPosition {
-            self.feeds
-                .lock()
-                .unwrap()
-                .get(&feed)
-                .map_or(LogPosition(0, 0), |f| f.0)
-        }
-    }
-
-    #[async_trait]
-    impl SagaLog for MemoryLog {
-        async fn claim_feed(
-            &self,
-            feed: Feed,
-            holder: Uuid,
-            _lease: Duration,
-            position: Option<LogPosition>,
-        ) -> Result<Option<LogPosition>, StoreError> {
-            let mut feeds = self.feeds.lock().unwrap();
-            let entry = feeds.entry(feed).or_insert((LogPosition(0, 0), None));
-            if entry.1.is_some_and(|h| h != holder) {
-                return Ok(None);
-            }
-            entry.1 = Some(holder);
-            if let Some(p) = position {
-                entry.0 = p;
-            }
-            Ok(Some(entry.0))
-        }
-        async fn read_log(
-            &self,
-            _feed: Feed,
-            after: LogPosition,
-            limit: u32,
-        ) -> Result<Vec<LogRow>, StoreError> {
-            Ok(self
-                .rows
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|r| r.position > after)
-                .take(limit as usize)
-                .cloned()
-                .collect())
-        }
-        async fn wait_for_work(&self, _feed: Feed, _timeout: Duration) {}
-        async fn backlog(&self, _feed: Feed) -> Result<u64, StoreError> {
-            Ok(0)
-        }
-    }
-
-    #[derive(Default)]
-    struct Broker {
-        sent: Mutex<Vec<OutboundMessage>>,
-        down: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait]
-    impl MessagePublisher for Broker {
-        async fn publish(&self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
-            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(PublishError("down".into()));
-            }
-            self.sent.lock().unwrap().extend_from_slice(messages);
-            Ok(())
-        }
-        async fn dead_letter(&self, _: &InboundMessage, _: &str) -> Result<(), PublishError> {
-            Ok(())
-        }
-        async fn ping(&self) -> Result<(), PublishError> {
-            Ok(())
-        }
-    }
-
-    #[derive(Default)]
-    struct Events(Mutex<Vec<EventRecord>>);
-
-    #[async_trait]
-    impl EventLog for Events {
-        async fn append(&self, events: &[EventRecord]) -> Result<(), EventLogError> {
-            self.0.lock().unwrap().extend_from_slice(events);
-            Ok(())
-        }
-        async fn for_order(&self, _: OrderId) -> Result<Vec<EventRecord>, EventLogError> {
-            Ok(vec![])
-        }
-        async fn ping(&self) -> Result<(), EventLogError> {
-            Ok(())
-        }
-    }
+    use crate::application::ports::fakes::{
+        MemoryBroker as Broker, MemoryEvents as Events, MemoryLog,
+    };
 
     fn relay(log: &Arc<MemoryLog>, broker: &Arc<Broker>, events: &Arc<Events>) -> Relay {
         Relay::new(

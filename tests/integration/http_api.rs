@@ -37,9 +37,9 @@ async fn fixture_with(admission: Arc<Admission>) -> Fixture {
     );
     let readiness = Arc::new(Readiness::new(
         vec![
-            Dependency::Postgres(Arc::new(db.store.clone())),
-            Dependency::Kafka(Arc::new(publisher)),
-            Dependency::MongoDb(Arc::new(mongo.log.clone())),
+            Dependency::store("postgres", Arc::new(db.store.clone())),
+            Dependency::broker("kafka", Arc::new(publisher)),
+            Dependency::event_log("mongodb", Arc::new(mongo.log.clone())),
         ],
         Duration::from_secs(3),
     ));

@@ -294,7 +294,7 @@ async fn handled_offsets_are_committed_so_a_restart_does_not_replay_them() {
         seen.len(),
         1,
         "only the new message: {:?}",
-        seen.iter().map(|m| m.offset).collect::<Vec<_>>()
+        seen.iter().map(|m| &m.source).collect::<Vec<_>>()
     );
     assert_eq!(
         seen[0].header("message-id"),

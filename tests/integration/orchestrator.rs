@@ -25,8 +25,7 @@ fn delivered(m: &OutboundMessage) -> InboundMessage {
     InboundMessage {
         topic: Some(m.topic),
         topic_name: m.topic.name().into(),
-        partition: 0,
-        offset: 0,
+        source: "test/0/0".into(),
         key: Some(m.key.clone().into_bytes()),
         payload: Some(serde_json::to_vec(&m.payload).unwrap()),
         headers: m

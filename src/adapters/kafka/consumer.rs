@@ -182,8 +182,7 @@ fn inbound(kafka: &KafkaSettings, m: &OwnedMessage) -> InboundMessage {
     InboundMessage {
         topic: kafka.logical(m.topic()),
         topic_name: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
+        source: format!("{}/{}/{}", m.topic(), m.partition(), m.offset()),
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
         headers,
@@ -288,7 +287,7 @@ async fn consume(
                     "message handled"
                 )
             });
-            observe_handled(settings.component, &msg, result, took);
+            observe_handled(settings.component, &message, result, took);
         }
         (message, result)
     };
@@ -470,9 +469,7 @@ fn message_span(component: &'static str, msg: &InboundMessage) -> tracing::Span 
     tracing::info_span!(
         "message",
         component,
-        topic = %msg.topic_name,
-        partition = msg.partition,
-        offset = msg.offset,
+        source = %msg.source,
         order_id = %key,
         message_id = msg.header(HEADER_MESSAGE_ID).unwrap_or(""),
         message_type = msg.header(HEADER_MESSAGE_TYPE).unwrap_or(""),
@@ -487,18 +484,18 @@ enum Handled {
     DeadLettered,
 }
 
-fn observe_handled(component: &'static str, msg: &InboundMessage, result: Handled, took: Duration) {
+fn observe_handled(component: &'static str, msg: &OwnedMessage, result: Handled, took: Duration) {
     let result = match result {
         Handled::Ok => "ok",
         Handled::DeadLettered => "dead_lettered",
     };
-    let topic = msg.topic_name.clone();
+    let topic = msg.topic().to_owned();
     metrics::counter!(crate::metrics::MESSAGES_HANDLED, "component" => component, "topic" => topic.clone(), "result" => result)
         .increment(1);
     metrics::histogram!(crate::metrics::MESSAGE_DURATION, "component" => component, "topic" => topic.clone())
         .record(took.as_secs_f64());
-    metrics::gauge!(crate::metrics::CONSUMER_OFFSET, "component" => component, "topic" => topic, "partition" => msg.partition.to_string())
-        .set(msg.offset as f64);
+    metrics::gauge!(crate::metrics::CONSUMER_OFFSET, "component" => component, "topic" => topic, "partition" => msg.partition().to_string())
+        .set(msg.offset() as f64);
 }
 
 /// Records how long a message waited between its producer and its handling,
@@ -531,7 +528,7 @@ async fn handle_with_retries(
             Ok(()) => return Some(Handled::Ok),
             Err(HandleError::Poison(reason)) => Some(reason),
             Err(HandleError::Unavailable(reason)) => {
-                tracing::warn!(component = settings.component, topic = %msg.topic_name, offset = msg.offset, %reason, "dependency unavailable; will retry");
+                tracing::warn!(component = settings.component, source = %msg.source, %reason, "dependency unavailable; will retry");
                 None
             }
             Err(HandleError::Failed(e)) => {
@@ -539,7 +536,7 @@ async fn handle_with_retries(
                 if attempt >= settings.max_attempts {
                     Some(format!("failed {attempt} times: {e:#}"))
                 } else {
-                    tracing::warn!(component = settings.component, topic = %msg.topic_name, offset = msg.offset, attempt, error = %format!("{e:#}"), "handling failed; will retry");
+                    tracing::warn!(component = settings.component, source = %msg.source, attempt, error = %format!("{e:#}"), "handling failed; will retry");
                     None
                 }
             }
@@ -564,7 +561,7 @@ async fn dead_letter(
     reason: &str,
     shutdown: &CancellationToken,
 ) -> bool {
-    tracing::error!(component = settings.component, topic = %msg.topic_name, partition = msg.partition, offset = msg.offset, %reason, "dead-lettering message");
+    tracing::error!(component = settings.component, source = %msg.source, %reason, "dead-lettering message");
     let mut backoff = settings.initial_backoff;
     loop {
         match dead_letters.dead_letter(msg, reason).await {

@@ -239,10 +239,7 @@ impl MessagePublisher for KafkaPublisher {
     }
 
     async fn dead_letter(&self, message: &InboundMessage, error: &str) -> Result<(), PublishError> {
-        let source = format!(
-            "{}/{}/{}",
-            message.topic_name, message.partition, message.offset
-        );
+        let source = &message.source;
         let headers = message
             .headers
             .iter()
