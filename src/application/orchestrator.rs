@@ -228,7 +228,7 @@ fn decide(
     let order = &ctx.order;
     let (saga, effects) = match (ctx.saga.clone(), input) {
         (None, Input::Start | Input::Tick) => {
-            if order.status != OrderStatus::Processing {
+            if order.status.is_terminal() {
                 return None;
             }
             Saga::start(now, policy)
@@ -306,11 +306,15 @@ fn decide(
                 )));
             }
             Effect::Settle(settlement) => {
+                if !order.status.can_become(settlement.status()) {
+                    tracing::warn!(order_id = %order.id, status = %order.status, to = %settlement.status(), "the saga would settle an order its status rule does not let move; nothing written");
+                    return None;
+                }
                 write.settle = Some(settlement);
                 let changed = event(
                     SagaEventKind::StatusChanged,
                     json!({
-                        "from": OrderStatus::Processing,
+                        "from": order.status,
                         "to": settlement.status(),
                         "cancel_reason": settlement.cancel_reason(),
                     }),
@@ -384,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn start_writes_two_commands_through_the_outbox_and_logs_them() {
+    fn start_logs_two_commands_with_their_messages() {
         let w = decide(&ctx(None), Input::Start, &SagaPolicy::default(), Utc::now()).unwrap();
         let topics: Vec<_> = w.messages().map(|m| m.topic).collect();
         assert_eq!(
@@ -457,6 +461,21 @@ mod tests {
     }
 
     #[test]
+    fn a_settlement_the_status_rule_forbids_writes_nothing() {
+        let p = SagaPolicy::default();
+        let (saga, _) = Saga::start(Utc::now(), &p);
+        let mut c = ctx(Some(saga));
+        c.order.status = OrderStatus::Approved;
+        let input = Input::Reply {
+            step: Step::User,
+            attempt: 1,
+            outcome: StepOutcome::Failed(CancelReason::UserInvalid),
+            message_id: Uuid::new_v4(),
+        };
+        assert!(decide(&c, input, &p, Utc::now()).is_none());
+    }
+
+    #[test]
     fn a_reply_without_a_saga_is_ignored() {
         let input = Input::Reply {
             step: Step::User,
@@ -471,5 +490,65 @@ mod tests {
     fn a_tick_starts_an_orphaned_processing_order() {
         let w = decide(&ctx(None), Input::Tick, &SagaPolicy::default(), Utc::now()).unwrap();
         assert_eq!(w.messages().count(), 2);
+    }
+
+    /// The whole saga on the in-memory ports: the order's entry, the
+    /// orchestrator, both validators and their replies.
+    #[tokio::test]
+    async fn an_order_settles_on_the_in_memory_ports_and_redeliveries_change_nothing() {
+        use crate::application::orders::OrderService;
+        use crate::application::ports::fakes::{
+            MemoryBroker, MemoryDirectory, MemoryEvents, MemoryStore, delivered,
+        };
+        use crate::application::validators::{BalanceValidator, UserValidator};
+        use crate::domain::Money;
+
+        let store = Arc::new(MemoryStore::default());
+        let broker = Arc::new(MemoryBroker::default());
+        let orders = OrderService::new(
+            store.clone(),
+            Arc::new(MemoryEvents::default()),
+            Duration::hours(1),
+        );
+        let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
+        let placed = orders.place(new, "c1", None).await.unwrap();
+        let orchestrator =
+            Orchestrator::new(store.clone(), SagaPolicy::default(), Duration::seconds(5));
+        let created = delivered(store.log()[0].message.as_ref().unwrap());
+        orchestrator.handle(&created).await.unwrap();
+        orchestrator.handle(&created).await.unwrap();
+        let commands: Vec<OutboundMessage> = store
+            .log()
+            .iter()
+            .filter_map(|e| e.message.clone())
+            .filter(|m| m.topic != Topic::OrdersCreated)
+            .collect();
+        assert_eq!(commands.len(), 2, "one start, however often delivered");
+
+        let users = UserValidator::new(Arc::new(MemoryDirectory), broker.clone());
+        let balance = BalanceValidator::new(Money::parse("1000").unwrap(), broker.clone());
+        users.handle(&delivered(&commands[0])).await.unwrap();
+        balance.handle(&delivered(&commands[1])).await.unwrap();
+        let replies = broker.sent.lock().unwrap().clone();
+        assert_eq!(replies.len(), 2);
+        for reply in replies.iter().chain(&replies) {
+            orchestrator.handle(&delivered(reply)).await.unwrap();
+        }
+
+        let (order, _) = store.order(placed.order.id).unwrap();
+        assert_eq!(order.status, OrderStatus::Approved);
+        let kinds: Vec<_> = store.log().iter().map(|e| e.event.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                SagaEventKind::OrderCreated,
+                SagaEventKind::SagaStarted,
+                SagaEventKind::CommandSent,
+                SagaEventKind::CommandSent,
+                SagaEventKind::ReplyReceived,
+                SagaEventKind::ReplyReceived,
+                SagaEventKind::StatusChanged,
+            ]
+        );
     }
 }

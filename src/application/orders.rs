@@ -32,7 +32,7 @@ pub struct OrderService {
 /// `limit` or more orders are PROCESSING. Past what the saga settles per
 /// second, a queue of accepted orders only grows, and orders that wait
 /// longer than the step deadlines get canceled; a refused client can retry.
-/// The count is PostgreSQL's, refreshed by `Admission::run`, plus the orders
+/// The count is the store's, refreshed by `Admission::run`, plus the orders
 /// this process accepted since.
 pub struct Admission {
     /// 0: no limit.
@@ -123,8 +123,8 @@ impl OrderService {
         self
     }
 
-    /// Stores the order as PROCESSING with its `order-created` message in the
-    /// outbox, in one transaction. With an idempotency key, a repeat of the same
+    /// Stores the order as PROCESSING with its `order_created` entry (and its
+    /// `order-created` message) in the saga log, atomically. With an idempotency key, a repeat of the same
     /// request returns the first order; a different request with that key is a conflict.
     pub async fn place(
         &self,
@@ -132,7 +132,7 @@ impl OrderService {
         correlation_id: &str,
         idempotency_key: Option<&str>,
     ) -> Result<Placed, AppError> {
-        // Microseconds: what PostgreSQL keeps, so the response matches later reads.
+        // Microseconds: what the store keeps, so the response matches later reads.
         let now = Utc::now().trunc_subsecs(6);
         let claim = match idempotency_key {
             None => None,
@@ -236,5 +236,96 @@ impl OrderService {
     pub async fn events(&self, id: OrderId) -> Result<Vec<EventRecord>, AppError> {
         self.get(id).await?;
         Ok(self.events.for_order(id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::application::ports::fakes::{MemoryEvents, MemoryStore};
+
+    fn form(value: &str) -> NewOrder {
+        NewOrder::parse(Some(value), Some("u1"), Some("1"), Some("cash")).unwrap()
+    }
+
+    fn service(store: &Arc<MemoryStore>) -> OrderService {
+        OrderService::new(
+            store.clone(),
+            Arc::new(MemoryEvents::default()),
+            Duration::hours(1),
+        )
+    }
+
+    #[tokio::test]
+    async fn placing_stores_the_order_processing_with_its_created_entry_and_message() {
+        let store = Arc::new(MemoryStore::default());
+        let placed = service(&store)
+            .place(form("10.00"), "c1", None)
+            .await
+            .unwrap();
+        assert!(placed.created);
+        assert_eq!(placed.order.status, crate::domain::OrderStatus::Processing);
+        let log = store.log();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].event.kind, SagaEventKind::OrderCreated);
+        let message = log[0].message.as_ref().expect("the order-created message");
+        assert_eq!(message.topic, Topic::OrdersCreated);
+        assert_eq!(message.correlation_id, "c1");
+        assert_eq!(message.payload["order_id"], placed.order.id.to_string());
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_replays_its_order_and_refuses_another_form() {
+        let store = Arc::new(MemoryStore::default());
+        let svc = service(&store);
+        let first = svc.place(form("10.00"), "c1", Some("k")).await.unwrap();
+        let again = svc.place(form("10.00"), "c2", Some("k")).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.order.id, first.order.id);
+        let other = svc.place(form("11.00"), "c3", Some("k")).await;
+        assert!(matches!(other, Err(AppError::Conflict(_))), "{other:?}");
+        assert_eq!(store.log().len(), 1, "one order, one entry");
+    }
+
+    #[tokio::test]
+    async fn a_bad_idempotency_key_is_refused_before_the_store_is_asked() {
+        let store = Arc::new(MemoryStore::default());
+        store.down.store(true, Ordering::SeqCst);
+        let placed = service(&store).place(form("10.00"), "c", Some("")).await;
+        assert!(matches!(placed, Err(AppError::Rejected(_))), "{placed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_be_reached_makes_the_request_unavailable() {
+        let store = Arc::new(MemoryStore::default());
+        store.down.store(true, Ordering::SeqCst);
+        let placed = service(&store).place(form("10.00"), "c", None).await;
+        assert!(
+            matches!(placed, Err(AppError::Unavailable { .. })),
+            "{placed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn admission_refuses_new_orders_at_its_limit() {
+        let store = Arc::new(MemoryStore::default());
+        let svc = service(&store).with_admission(Arc::new(Admission::new(1)));
+        svc.place(form("10.00"), "c", None).await.unwrap();
+        let refused = svc.place(form("10.00"), "c", None).await;
+        assert!(
+            matches!(refused, Err(AppError::Overloaded(..))),
+            "{refused:?}"
+        );
+        assert_eq!(store.log().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_orders_events_are_not_found() {
+        let store = Arc::new(MemoryStore::default());
+        let events = service(&store).events(OrderId::new()).await;
+        assert!(
+            matches!(events, Err(AppError::NotFound { .. })),
+            "{events:?}"
+        );
     }
 }

@@ -126,7 +126,12 @@ impl OrderStatus {
     }
 
     /// The order state machine: PROCESSING → APPROVED | CANCELED, nothing else.
-    /// The same rule is enforced by a trigger in the database.
+    ///
+    /// This is the rule's home: the orchestrator settles an order only when
+    /// it allows the move. The database repeats it as a backstop (the
+    /// `orders_guard_transition` trigger), and an integration test
+    /// (`postgres::the_database_guards_the_status_rule_of_the_domain`) checks
+    /// that the two agree on every pair of statuses.
     pub fn can_become(self, next: OrderStatus) -> bool {
         matches!(
             (self, next),
@@ -342,16 +347,6 @@ impl Order {
             updated_at: now,
         }
     }
-
-    /// The fields a client sent, to compare two requests with the same idempotency key.
-    pub fn request(&self) -> NewOrder {
-        NewOrder {
-            value: self.value,
-            user_id: self.user_id.clone(),
-            installment: self.installment,
-            method: self.method,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -500,6 +495,5 @@ mod tests {
         assert_eq!(o.status, OrderStatus::Processing);
         assert_eq!(o.cancel_reason, None);
         assert_eq!(o.created_at, now);
-        assert_eq!(o.request(), parse("1", "u", "1", "cash").unwrap());
     }
 }

@@ -244,6 +244,40 @@ async fn terminal_statuses_are_final_in_sql_whatever_the_client() {
     assert_eq!(transitions, vec![(None, "PROCESSING".into())]);
 }
 
+/// The status rule lives in the domain (`OrderStatus::can_become`); the
+/// database's trigger repeats it as a backstop. They must agree on every move.
+#[tokio::test]
+async fn the_database_guards_the_status_rule_of_the_domain() {
+    let db = TestDb::new().await;
+    for from in OrderStatus::ALL {
+        for to in OrderStatus::ALL.into_iter().filter(|to| *to != from) {
+            let order = placed_order(&db).await;
+            let reason = |s: OrderStatus| (s == OrderStatus::Canceled).then_some("USER_INVALID");
+            let set = "UPDATE orders SET status = $2, cancel_reason = $3 WHERE id = $1";
+            if from != OrderStatus::Processing {
+                sqlx::query(set)
+                    .bind(order.id.0)
+                    .bind(from.as_str())
+                    .bind(reason(from))
+                    .execute(db.pool())
+                    .await
+                    .unwrap();
+            }
+            let moved = sqlx::query(set)
+                .bind(order.id.0)
+                .bind(to.as_str())
+                .bind(reason(to))
+                .execute(db.pool())
+                .await;
+            assert_eq!(
+                moved.is_ok(),
+                from.can_become(to),
+                "{from} -> {to}: the database said {moved:?}"
+            );
+        }
+    }
+}
+
 fn start_decision(ctx: &SagaContext) -> Option<SagaWrite> {
     let (saga, _) = Saga::start(Utc::now(), &SagaPolicy::default());
     (ctx.saga.is_none()).then_some(SagaWrite {
