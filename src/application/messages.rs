@@ -171,6 +171,25 @@ pub struct InboundMessage {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// A message as a consumer receives it once the broker delivered it (tests
+/// and the in-memory ports deliver this way).
+impl From<&OutboundMessage> for InboundMessage {
+    fn from(m: &OutboundMessage) -> Self {
+        Self {
+            topic: Some(m.topic),
+            topic_name: m.topic.name().into(),
+            source: format!("{}/0/0", m.topic.name()),
+            key: Some(m.key.clone().into_bytes()),
+            payload: Some(serde_json::to_vec(&m.payload).expect("JSON values serialize")),
+            headers: m
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
+                .collect(),
+        }
+    }
+}
+
 impl InboundMessage {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -498,8 +498,9 @@ mod tests {
     async fn an_order_settles_on_the_in_memory_ports_and_redeliveries_change_nothing() {
         use crate::application::orders::OrderService;
         use crate::application::ports::fakes::{
-            MemoryBroker, MemoryDirectory, MemoryEvents, MemoryStore, delivered,
+            MemoryBroker, MemoryDirectory, MemoryEvents, MemoryStore,
         };
+        let delivered = |m: &OutboundMessage| InboundMessage::from(m);
         use crate::application::validators::{BalanceValidator, UserValidator};
         use crate::domain::Money;
 

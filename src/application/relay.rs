@@ -371,7 +371,7 @@ mod tests {
         // The events feed has its own position: every row is an event.
         assert_eq!(log.position(Feed::Events), LogPosition(0, 0));
         while relay.pass(Feed::Events).await.unwrap() != (Pass::Relayed { rows: 0, sent: 0 }) {}
-        assert_eq!(events.0.lock().unwrap().len(), 3);
+        assert_eq!(events.events.lock().unwrap().len(), 3);
         // Recorded when due (caught up, a moment after the last record), and at shutdown.
         relay.checkpoint().await;
         assert_eq!(log.position(Feed::Events), LogPosition(1, 3));
@@ -387,7 +387,7 @@ mod tests {
         );
         log.push(true);
         let relay = relay(&log, &broker, &events);
-        broker.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        broker.fail.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(relay.pass(Feed::Messages).await.is_err());
         assert_eq!(
             log.position(Feed::Messages),
@@ -395,7 +395,7 @@ mod tests {
             "the position stays"
         );
         broker
-            .down
+            .fail
             .store(false, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(
             relay.pass(Feed::Messages).await.unwrap(),

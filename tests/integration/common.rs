@@ -528,90 +528,13 @@ impl Api {
     }
 }
 
-/// Test doubles for the outbound ports the relay hands batches to.
+/// The library's in-memory ports, under the names these tests use (the
+/// cucumber harness shares this file and uses none).
 pub mod fakes {
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-    use ordersaga::application::messages::{InboundMessage, OutboundMessage};
-    use ordersaga::application::ports::{
-        EventLog, EventLogError, EventRecord, MessagePublisher, PublishError,
+    #[allow(unused_imports)]
+    pub use ordersaga::application::ports::fakes::{
+        MemoryBroker as Publisher, MemoryEvents as Log,
     };
-    use ordersaga::domain::OrderId;
-
-    /// Records what it is given; fails while `fail` is set.
-    #[derive(Default)]
-    pub struct Publisher {
-        pub sent: Mutex<Vec<OutboundMessage>>,
-        pub dead: Mutex<Vec<(InboundMessage, String)>>,
-        pub fail: std::sync::atomic::AtomicBool,
-    }
-
-    impl Publisher {
-        pub fn failing() -> Self {
-            let p = Self::default();
-            p.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-            p
-        }
-        pub fn sent(&self) -> Vec<OutboundMessage> {
-            self.sent.lock().unwrap().clone()
-        }
-    }
-
-    #[async_trait]
-    impl MessagePublisher for Publisher {
-        async fn publish(&self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(PublishError("broker down (test)".into()));
-            }
-            self.sent.lock().unwrap().extend_from_slice(messages);
-            Ok(())
-        }
-        async fn dead_letter(
-            &self,
-            message: &InboundMessage,
-            error: &str,
-        ) -> Result<(), PublishError> {
-            self.dead
-                .lock()
-                .unwrap()
-                .push((message.clone(), error.to_owned()));
-            Ok(())
-        }
-        async fn ping(&self) -> Result<(), PublishError> {
-            Ok(())
-        }
-    }
-
-    #[derive(Default)]
-    pub struct Log {
-        pub events: Mutex<Vec<EventRecord>>,
-        pub fail: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait]
-    impl EventLog for Log {
-        async fn append(&self, events: &[EventRecord]) -> Result<(), EventLogError> {
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(EventLogError::Unavailable("mongo down (test)".into()));
-            }
-            self.events.lock().unwrap().extend_from_slice(events);
-            Ok(())
-        }
-        async fn for_order(&self, order_id: OrderId) -> Result<Vec<EventRecord>, EventLogError> {
-            Ok(self
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|e| e.order_id == order_id)
-                .cloned()
-                .collect())
-        }
-        async fn ping(&self) -> Result<(), EventLogError> {
-            Ok(())
-        }
-    }
 }
 
 /// A server of the test's own (an Apache Kafka broker, the MongoDB-protocol

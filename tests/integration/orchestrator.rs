@@ -22,18 +22,7 @@ use crate::common::{TestDb, fakes};
 
 /// An outbound message as a consumer would receive it.
 fn delivered(m: &OutboundMessage) -> InboundMessage {
-    InboundMessage {
-        topic: Some(m.topic),
-        topic_name: m.topic.name().into(),
-        source: "test/0/0".into(),
-        key: Some(m.key.clone().into_bytes()),
-        payload: Some(serde_json::to_vec(&m.payload).unwrap()),
-        headers: m
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
-            .collect(),
-    }
+    InboundMessage::from(m)
 }
 
 async fn count(db: &TestDb, sql: &'static str, order: OrderId) -> i64 {

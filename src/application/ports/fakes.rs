@@ -1,5 +1,6 @@
-//! In-memory ports, for the use cases' unit tests: what they keep can be
-//! read back, and each can be made to fail as its `# Errors` says.
+//! In-memory ports, for tests (the use cases' unit tests and the integration
+//! tests): what they keep can be read back, and each can be made to fail as
+//! its `# Errors` says. Nothing in the service uses them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -302,25 +303,40 @@ impl SagaLog for MemoryLog {
     }
 }
 
-/// A broker that keeps what it is given; `down` makes it refuse.
+/// A broker that keeps what it is given; while `fail` is set it refuses.
 #[derive(Default)]
 pub struct MemoryBroker {
     pub sent: Mutex<Vec<OutboundMessage>>,
-    pub dead_letters: Mutex<Vec<(InboundMessage, String)>>,
-    pub down: AtomicBool,
+    pub dead: Mutex<Vec<(InboundMessage, String)>>,
+    pub fail: AtomicBool,
+}
+
+impl MemoryBroker {
+    /// A broker that refuses until `fail` is cleared.
+    pub fn failing() -> Self {
+        let broker = Self::default();
+        broker.fail.store(true, Ordering::SeqCst);
+        broker
+    }
+
+    /// What it was given, in order.
+    pub fn sent(&self) -> Vec<OutboundMessage> {
+        self.sent.lock().unwrap().clone()
+    }
 }
 
 #[async_trait]
 impl MessagePublisher for MemoryBroker {
     async fn publish(&self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
-        self.ping().await?;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(PublishError("broker down (test)".into()));
+        }
         self.sent.lock().unwrap().extend_from_slice(messages);
         Ok(())
     }
 
     async fn dead_letter(&self, message: &InboundMessage, error: &str) -> Result<(), PublishError> {
-        self.ping().await?;
-        self.dead_letters
+        self.dead
             .lock()
             .unwrap()
             .push((message.clone(), error.to_owned()));
@@ -328,31 +344,30 @@ impl MessagePublisher for MemoryBroker {
     }
 
     async fn ping(&self) -> Result<(), PublishError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(PublishError("down".into()));
-        }
         Ok(())
     }
 }
 
-/// An event log that keeps what it is given, without duplicates.
+/// An event log that keeps what it is given (as given: a test sees what
+/// was appended twice); while `fail` is set it is unavailable.
 #[derive(Default)]
-pub struct MemoryEvents(pub Mutex<Vec<EventRecord>>);
+pub struct MemoryEvents {
+    pub events: Mutex<Vec<EventRecord>>,
+    pub fail: AtomicBool,
+}
 
 #[async_trait]
 impl EventLog for MemoryEvents {
     async fn append(&self, events: &[EventRecord]) -> Result<(), EventLogError> {
-        let mut kept = self.0.lock().unwrap();
-        for e in events {
-            if !kept.iter().any(|k| k.event_id == e.event_id) {
-                kept.push(e.clone());
-            }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(EventLogError::Unavailable("event log down (test)".into()));
         }
+        self.events.lock().unwrap().extend_from_slice(events);
         Ok(())
     }
 
     async fn for_order(&self, order_id: OrderId) -> Result<Vec<EventRecord>, EventLogError> {
-        let kept = self.0.lock().unwrap();
+        let kept = self.events.lock().unwrap();
         Ok(kept
             .iter()
             .filter(|e| e.order_id == order_id)
@@ -376,21 +391,5 @@ impl UserDirectory for MemoryDirectory {
         } else {
             UserStatus::Valid
         })
-    }
-}
-
-/// An outbound message as a consumer would receive it.
-pub fn delivered(m: &OutboundMessage) -> InboundMessage {
-    InboundMessage {
-        topic: Some(m.topic),
-        topic_name: m.topic.name().into(),
-        source: format!("{}/0/0", m.topic.name()),
-        key: Some(m.key.clone().into_bytes()),
-        payload: Some(serde_json::to_vec(&m.payload).unwrap()),
-        headers: m
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
-            .collect(),
     }
 }

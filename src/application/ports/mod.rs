@@ -1,7 +1,7 @@
 //! The ports: what the use cases need from the outside world, one module per
 //! area. Each method's `# Errors` says what its failures mean; the adapters in
-//! `crate::adapters` implement them, and `fakes` (tests only) keeps them in
-//! memory for the use cases' unit tests.
+//! `crate::adapters` implement them, and `fakes` keeps them in memory for
+//! tests.
 
 mod errors;
 mod log;
@@ -10,7 +10,6 @@ mod orders;
 mod saga;
 mod users;
 
-#[cfg(test)]
 pub mod fakes;
 
 pub use errors::*;
