@@ -107,7 +107,7 @@ pub struct Settings {
 }
 
 /// The command line's defaults (`ordersaga all` told nothing): what a role
-/// leaves unset. `config::tests` fails if the two drift apart.
+/// leaves unset. `config::plan`'s tests fail if the two drift apart.
 impl Default for Settings {
     fn default() -> Self {
         Self {
