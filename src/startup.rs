@@ -1,6 +1,11 @@
 //! Wiring: builds the adapters a set of roles needs, starts the components
 //! and stops them in order. `main` and the black-box tests both start the
 //! system through here.
+//!
+//! [`start`] reads as the order things start in: it connects the
+//! dependencies the roles share (`Starting::connect_*`), then calls one
+//! `Starting::start_*` per role (the relay, the orchestrator and its sweeper,
+//! each validator, the API, the stub user API). [`Running::stop`] stops them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use crate::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettin
 use crate::adapters::mongo::{MongoEventLog, MongoSettings};
 use crate::adapters::postgres::{PgSettings, PgStore};
 use crate::adapters::user_api::{self, HttpUserDirectory, UserApiSettings};
-use crate::application::health::{Dependency, Readiness};
+use crate::application::health::{ConsumerAssignment, Dependency, Readiness};
 use crate::application::messages::Topic;
 use crate::application::orchestrator::Orchestrator;
 use crate::application::orders::{Admission, DEFAULT_MAX_PROCESSING, OrderService};
@@ -107,7 +112,7 @@ pub struct Settings {
 }
 
 /// The command line's defaults (`ordersaga all` told nothing): what a role
-/// leaves unset. `config::tests` fails if the two drift apart.
+/// leaves unset. `config::plan`'s tests fail if the two drift apart.
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -174,6 +179,9 @@ impl Default for Settings {
     }
 }
 
+/// The component tasks of a process, each reporting its name when it ends.
+type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
 /// A started process: its addresses, and how to stop it.
 pub struct Running {
     pub api_addr: Option<SocketAddr>,
@@ -186,7 +194,7 @@ pub struct Running {
     /// a user validator of the same process finishing its last messages
     /// must still reach it, or it would reply "user API unavailable".
     stub_shutdown: CancellationToken,
-    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    tasks: Tasks,
     publisher: Option<KafkaPublisher>,
     settings: Settings,
 }
@@ -230,7 +238,7 @@ impl Server {
     /// returns the bound address (port 0 picks a free one).
     async fn spawn(
         self,
-        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        tasks: &mut Tasks,
         addr: SocketAddr,
         app: axum::Router,
         shutdown: &CancellationToken,
@@ -248,93 +256,179 @@ impl Server {
     }
 }
 
-/// How often the orchestrator purges old processed ids and expired idempotency keys.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// How often the API recounts PROCESSING orders for admission control.
 const ADMISSION_REFRESH: Duration = Duration::from_millis(200);
 
 /// How long start-up waits for each dependency before giving up.
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Starts the components `roles` names: the stub user API first, then the
+/// dependencies they share, the relay and the consumers, and the servers that
+/// report readiness last, once every consumer is known.
 pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> {
     crate::metrics::install();
-    let shutdown = CancellationToken::new();
-    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    let mut dependencies = Vec::new();
-
+    let mut process = Starting::new(settings);
     // The stub goes first so a user validator in the same process can reach
     // it, and stops last (`stub_shutdown`, see `Running::stop`).
-    let stub_shutdown = CancellationToken::new();
-    let mut stub_addr = None;
-    if roles.user_api_stub {
-        let server = Server {
-            name: "user-api",
-            what: "the stub user API (USER_API_PORT)",
-        };
-        stub_addr = Some(
-            server
-                .spawn(
-                    &mut tasks,
-                    settings.stub_addr,
-                    user_api::stub_router(),
-                    &stub_shutdown,
-                    settings.shutdown_timeout,
-                )
-                .await?,
-        );
+    let stub_addr = if roles.user_api_stub {
+        Some(process.start_user_api_stub().await?)
+    } else {
+        None
+    };
+    if roles.postgres() {
+        process.connect_postgres().await?;
+    }
+    if roles.kafka() {
+        process.connect_kafka().await?;
+    }
+    if roles.mongo() {
+        process.connect_mongo().await?;
+    }
+    if roles.api || roles.orchestrator {
+        process.announce_log()?;
+    }
+    if roles.relay {
+        process.start_relay()?;
+    }
+    if roles.orchestrator {
+        process.start_orchestrator()?;
+    }
+    if roles.user_validator {
+        process.start_user_validator()?;
+    }
+    if roles.balance_validator {
+        process.start_balance_validator()?;
+    }
+    let readiness = process.readiness();
+    let api_addr = if roles.api {
+        Some(process.start_api(&readiness).await?)
+    } else {
+        None
+    };
+    let ops_addr = match (roles.api, process.settings.ops_addr) {
+        (false, Some(addr)) => Some(process.start_ops(addr, &readiness).await?),
+        _ => None,
+    };
+    Ok(Running {
+        api_addr,
+        ops_addr,
+        stub_addr,
+        readiness,
+        shutdown: process.shutdown,
+        stub_shutdown: process.stub_shutdown,
+        tasks: process.tasks,
+        publisher: process.publisher,
+        settings: process.settings,
+    })
+}
+
+/// A process while it starts: the dependencies connected so far, and the
+/// components started so far.
+struct Starting {
+    settings: Settings,
+    kafka_settings: Arc<KafkaSettings>,
+    shutdown: CancellationToken,
+    /// Stops the stub user API (see [`Running::stop`]).
+    stub_shutdown: CancellationToken,
+    tasks: Tasks,
+    /// What /ready checks.
+    dependencies: Vec<Dependency>,
+    /// Each consumer's first assignment, which /ready waits for.
+    assignments: Vec<(&'static str, Arc<ConsumerAssignment>)>,
+    store: Option<PgStore>,
+    publisher: Option<KafkaPublisher>,
+    event_log: Option<MongoEventLog>,
+}
+
+impl Starting {
+    fn new(settings: Settings) -> Self {
+        Self {
+            kafka_settings: Arc::new(settings.kafka.clone()),
+            settings,
+            shutdown: CancellationToken::new(),
+            stub_shutdown: CancellationToken::new(),
+            tasks: JoinSet::new(),
+            dependencies: Vec::new(),
+            assignments: Vec::new(),
+            store: None,
+            publisher: None,
+            event_log: None,
+        }
     }
 
-    let store = if roles.postgres() {
-        if settings.migrate_on_start {
-            let url = settings.db.url.clone();
+    fn store(&self) -> anyhow::Result<PgStore> {
+        self.store
+            .clone()
+            .context("PostgreSQL is not connected for these roles")
+    }
+
+    fn publisher(&self) -> anyhow::Result<KafkaPublisher> {
+        self.publisher
+            .clone()
+            .context("Kafka is not connected for these roles")
+    }
+
+    fn event_log(&self) -> anyhow::Result<MongoEventLog> {
+        self.event_log
+            .clone()
+            .context("MongoDB is not connected for these roles")
+    }
+
+    /// Applies the migrations (DATABASE_MIGRATE_ON_START) and connects,
+    /// waiting for PostgreSQL up to [`START_PATIENCE`].
+    async fn connect_postgres(&mut self) -> anyhow::Result<()> {
+        let url = self.settings.db.url.clone();
+        if self.settings.migrate_on_start {
             retry_start("database migration", START_PATIENCE, || {
                 PgStore::migrate(&url)
             })
             .await?;
         }
-        let store = PgStore::connect_lazy(&settings.db)?;
-        let url = settings.db.url.clone();
+        let store = PgStore::connect_lazy(&self.settings.db)?;
         retry_start("connecting to PostgreSQL", START_PATIENCE, || {
             store.check(&url)
         })
         .await?;
-        dependencies.push(Dependency::store("postgres", Arc::new(store.clone())));
-        Some(store)
-    } else {
-        None
-    };
+        self.dependencies
+            .push(Dependency::store("postgres", Arc::new(store.clone())));
+        self.store = Some(store);
+        Ok(())
+    }
 
-    let kafka_settings = Arc::new(settings.kafka.clone());
-    let publisher = if roles.kafka() {
-        if settings.create_topics {
-            let k = kafka_settings.clone();
+    /// Creates the missing topics and keeps them there (KAFKA_CREATE_TOPICS),
+    /// and makes the producer.
+    async fn connect_kafka(&mut self) -> anyhow::Result<()> {
+        let k = self.kafka_settings.clone();
+        if self.settings.create_topics {
             retry_start("Kafka topic creation", START_PATIENCE, || {
                 let k = k.clone();
                 async move { kafka::ensure_topics(&k).await }
             })
             .await?;
             tokio::spawn(kafka::guard_topics(
-                kafka_settings.clone(),
-                settings.topic_check_interval,
-                shutdown.clone(),
+                k.clone(),
+                self.settings.topic_check_interval,
+                self.shutdown.clone(),
             ));
         }
-        let publisher = KafkaPublisher::new(kafka_settings.clone(), "ordersaga")?;
+        let publisher = KafkaPublisher::new(k, "ordersaga")?;
         let p = publisher.clone();
         tokio::spawn(async move { p.learn_topics().await });
-        dependencies.push(Dependency::broker("kafka", Arc::new(publisher.clone())));
-        Some(publisher)
-    } else {
-        None
-    };
+        self.dependencies
+            .push(Dependency::broker("kafka", Arc::new(publisher.clone())));
+        self.publisher = Some(publisher);
+        Ok(())
+    }
 
-    let event_log = if roles.mongo() {
-        let log = MongoEventLog::connect(&settings.mongo).await?;
+    /// Connects to the event log; its index is created in the background.
+    async fn connect_mongo(&mut self) -> anyhow::Result<()> {
+        let log = MongoEventLog::connect(&self.settings.mongo).await?;
         log.check().await?;
-        dependencies.push(Dependency::event_log("mongodb", Arc::new(log.clone())));
-        // The index is created in the background: a MongoDB outage must not stop the saga.
+        self.dependencies
+            .push(Dependency::event_log("mongodb", Arc::new(log.clone())));
+        // In the background: a MongoDB outage must not stop the saga.
         let l = log.clone();
-        let token = shutdown.clone();
+        let token = self.shutdown.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(200);
             loop {
@@ -348,63 +442,44 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         });
-        Some(log)
-    } else {
-        None
-    };
-
-    if roles.api || roles.orchestrator {
-        let store = store.clone().expect("postgres is set up for these roles");
-        tokio::spawn(store.announce_log(shutdown.clone()));
-    }
-    if roles.relay {
-        let store = store.clone().expect("postgres is set up for the relay");
-        tokio::spawn(store.listen_for_log(shutdown.clone()));
+        self.event_log = Some(log);
+        Ok(())
     }
 
-    if roles.relay {
+    /// Tells relays in other processes when this one (the API, the
+    /// orchestrator) has written the saga log.
+    fn announce_log(&self) -> anyhow::Result<()> {
+        tokio::spawn(self.store()?.announce_log(self.shutdown.clone()));
+        Ok(())
+    }
+
+    /// The outbox relay, which also listens for other processes' writes.
+    fn start_relay(&mut self) -> anyhow::Result<()> {
+        let store = self.store()?;
+        tokio::spawn(store.clone().listen_for_log(self.shutdown.clone()));
         let relay = Arc::new(Relay::new(
-            Arc::new(store.clone().expect("postgres")),
-            Arc::new(publisher.clone().expect("kafka")),
-            Arc::new(event_log.clone().expect("mongo")) as Arc<dyn EventLog>,
-            settings.relay,
+            Arc::new(store),
+            Arc::new(self.publisher()?),
+            Arc::new(self.event_log()?) as Arc<dyn EventLog>,
+            self.settings.relay,
         ));
-        let token = shutdown.clone();
-        tasks.spawn(async move {
+        let token = self.shutdown.clone();
+        self.tasks.spawn(async move {
             relay.run(token).await;
             ("relay", Ok(()))
         });
+        Ok(())
     }
 
-    // Each consumer's first assignment, which /ready waits for.
-    let mut assignments = Vec::new();
-    let mut consumer =
-        |component: &'static str, topics: Vec<Topic>, handler: Arc<dyn MessageHandler>| {
-            let mut cs = ConsumerSettings::new(component, topics);
-            cs.max_attempts = settings.consumer_max_attempts;
-            cs.shutdown_timeout = settings.shutdown_timeout;
-            // The saga store serializes an order's decisions itself, and writes
-            // both replies of an order once when they are handled together.
-            cs.one_per_key = component != "orchestrator";
-            assignments.push((component, cs.assignment.clone()));
-            let dlq: Arc<dyn MessagePublisher> = Arc::new(publisher.clone().expect("kafka"));
-            let k = kafka_settings.clone();
-            let token = shutdown.clone();
-            async move {
-                (
-                    component,
-                    kafka::run_consumer(k, cs, handler, dlq, token).await,
-                )
-            }
-        };
-
-    if roles.orchestrator {
+    /// The orchestrator: a consumer of new orders and replies, and the
+    /// sweeper that enforces its deadlines and keeps house.
+    fn start_orchestrator(&mut self) -> anyhow::Result<()> {
         let orchestrator = Arc::new(Orchestrator::new(
-            Arc::new(store.clone().expect("postgres")),
-            settings.saga,
-            settings.start_grace,
+            Arc::new(self.store()?),
+            self.settings.saga,
+            self.settings.start_grace,
         ));
-        tasks.spawn(consumer(
+        self.spawn_consumer(
             "orchestrator",
             vec![
                 Topic::OrdersCreated,
@@ -412,67 +487,85 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
                 Topic::BalanceValidationReplies,
             ],
             orchestrator.clone(),
-        ));
-        let token = shutdown.clone();
-        let interval = settings.sweep_interval;
-        let retention = settings.log_retention;
-        tasks.spawn(async move {
-            let mut next_housekeeping = tokio::time::Instant::now();
-            loop {
-                match orchestrator.sweep(100).await {
-                    Ok(100) => continue,
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "deadline sweep failed"),
-                }
-                if tokio::time::Instant::now() >= next_housekeeping {
-                    match orchestrator.housekeeping(retention).await {
-                        Ok(n) if n > 0 => tracing::info!(rows = n, "trimmed the saga log and expired idempotency keys"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
-                    }
-                    next_housekeeping += HOUSEKEEPING_EVERY;
-                }
-                tokio::select! { _ = token.cancelled() => return ("sweeper", Ok(())), _ = tokio::time::sleep(interval) => {} }
-            }
+        )?;
+        let token = self.shutdown.clone();
+        let interval = self.settings.sweep_interval;
+        let retention = self.settings.log_retention;
+        self.tasks.spawn(async move {
+            orchestrator.run_sweeper(interval, retention, token).await;
+            ("sweeper", Ok(()))
         });
+        Ok(())
     }
 
-    if roles.user_validator {
-        let directory = Arc::new(HttpUserDirectory::new(settings.user_api.clone())?);
-        let validator = Arc::new(UserValidator::new(
-            directory,
-            Arc::new(publisher.clone().expect("kafka")),
-        ));
-        tasks.spawn(consumer(
+    fn start_user_validator(&mut self) -> anyhow::Result<()> {
+        let directory = Arc::new(HttpUserDirectory::new(self.settings.user_api.clone())?);
+        let validator = Arc::new(UserValidator::new(directory, Arc::new(self.publisher()?)));
+        self.spawn_consumer(
             "user-validator",
             vec![Topic::UserValidationCommands],
             validator,
-        ));
+        )
     }
 
-    if roles.balance_validator {
+    fn start_balance_validator(&mut self) -> anyhow::Result<()> {
         let validator = Arc::new(BalanceValidator::new(
-            settings.balance_limit,
-            Arc::new(publisher.clone().expect("kafka")),
+            self.settings.balance_limit,
+            Arc::new(self.publisher()?),
         ));
-        tasks.spawn(consumer(
+        self.spawn_consumer(
             "balance-validator",
             vec![Topic::BalanceValidationCommands],
             validator,
-        ));
+        )
     }
 
-    let readiness =
-        Arc::new(Readiness::new(dependencies, Duration::from_secs(3)).with_consumers(assignments));
+    /// Consumes `topics` into `handler` as the component task `component`,
+    /// dead-lettering through the producer.
+    fn spawn_consumer(
+        &mut self,
+        component: &'static str,
+        topics: Vec<Topic>,
+        handler: Arc<dyn MessageHandler>,
+    ) -> anyhow::Result<()> {
+        let dlq: Arc<dyn MessagePublisher> = Arc::new(self.publisher()?);
+        let mut cs = ConsumerSettings::new(component, topics);
+        cs.max_attempts = self.settings.consumer_max_attempts;
+        cs.shutdown_timeout = self.settings.shutdown_timeout;
+        // The saga store serializes an order's decisions itself, and writes
+        // both replies of an order once when they are handled together.
+        cs.one_per_key = component != "orchestrator";
+        self.assignments.push((component, cs.assignment.clone()));
+        let k = self.kafka_settings.clone();
+        let token = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            (
+                component,
+                kafka::run_consumer(k, cs, handler, dlq, token).await,
+            )
+        });
+        Ok(())
+    }
 
-    let mut api_addr = None;
-    if roles.api {
-        let order_store: Arc<dyn OrderStore> = Arc::new(store.clone().expect("postgres"));
+    /// What /ready reports: the dependencies connected and the consumers started.
+    fn readiness(&mut self) -> Arc<Readiness> {
+        let dependencies = std::mem::take(&mut self.dependencies);
+        let assignments = std::mem::take(&mut self.assignments);
+        Arc::new(Readiness::new(dependencies, Duration::from_secs(3)).with_consumers(assignments))
+    }
+
+    /// The HTTP API, with its admission control; returns its address.
+    async fn start_api(&mut self, readiness: &Arc<Readiness>) -> anyhow::Result<SocketAddr> {
+        let settings = &self.settings;
+        let order_store: Arc<dyn OrderStore> = Arc::new(self.store()?);
         let admission = Arc::new(Admission::new(settings.max_processing));
         if admission.limit() > 0 {
-            let (admission, store, token) =
-                (admission.clone(), order_store.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            let (admission, store, token) = (
+                admission.clone(),
+                order_store.clone(),
+                self.shutdown.clone(),
+            );
+            self.tasks.spawn(async move {
                 admission.run(store, ADMISSION_REFRESH, token).await;
                 ("admission", Ok(()))
             });
@@ -480,7 +573,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         let orders = Arc::new(
             OrderService::new(
                 order_store,
-                Arc::new(event_log.clone().expect("mongo")),
+                Arc::new(self.event_log()?),
                 settings.idempotency_ttl,
             )
             .with_admission(admission),
@@ -503,44 +596,55 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             name: "api",
             what: "the API (HOST/PORT)",
         };
-        api_addr = Some(
-            server
-                .spawn(
-                    &mut tasks,
-                    settings.http_addr,
-                    app,
-                    &shutdown,
-                    settings.shutdown_timeout,
-                )
-                .await?,
-        );
+        server
+            .spawn(
+                &mut self.tasks,
+                settings.http_addr,
+                app,
+                &self.shutdown,
+                settings.shutdown_timeout,
+            )
+            .await
     }
 
-    let mut ops_addr = None;
-    if let (false, Some(addr)) = (roles.api, settings.ops_addr) {
+    /// /health, /ready and /metrics of a process without the API, on `addr`.
+    async fn start_ops(
+        &mut self,
+        addr: SocketAddr,
+        readiness: &Arc<Readiness>,
+    ) -> anyhow::Result<SocketAddr> {
         let server = Server {
             name: "ops",
             what: "/health, /ready and /metrics (OPS_HOST/OPS_PORT)",
         };
-        let app = http::ops_router(readiness.clone(), settings.api_keys.clone());
-        ops_addr = Some(
-            server
-                .spawn(&mut tasks, addr, app, &shutdown, settings.shutdown_timeout)
-                .await?,
-        );
+        let app = http::ops_router(readiness.clone(), self.settings.api_keys.clone());
+        server
+            .spawn(
+                &mut self.tasks,
+                addr,
+                app,
+                &self.shutdown,
+                self.settings.shutdown_timeout,
+            )
+            .await
     }
 
-    Ok(Running {
-        api_addr,
-        ops_addr,
-        stub_addr,
-        readiness,
-        shutdown,
-        stub_shutdown,
-        tasks,
-        publisher,
-        settings,
-    })
+    /// The stub user directory, stopped by `stub_shutdown`; returns its address.
+    async fn start_user_api_stub(&mut self) -> anyhow::Result<SocketAddr> {
+        let server = Server {
+            name: "user-api",
+            what: "the stub user API (USER_API_PORT)",
+        };
+        server
+            .spawn(
+                &mut self.tasks,
+                self.settings.stub_addr,
+                user_api::stub_router(),
+                &self.stub_shutdown,
+                self.settings.shutdown_timeout,
+            )
+            .await
+    }
 }
 
 impl Running {

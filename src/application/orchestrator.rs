@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -27,6 +28,11 @@ use super::ports::{
     HandleError, LogEntry, MessageHandler, NewEvent, SagaContext, SagaDecision, SagaOutcome,
     SagaStore, SagaWrite,
 };
+
+/// Orders one sweep looks at; after a full one the sweeper sweeps again at once.
+const SWEEP_BATCH: u32 = 100;
+/// How often the sweeper also forgets expired idempotency keys and trims the saga log.
+const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Orchestrator {
     store: Arc<dyn SagaStore>,
@@ -78,6 +84,40 @@ impl Orchestrator {
     pub async fn housekeeping(&self, retention: Duration) -> Result<u64, HandleError> {
         let now = Utc::now();
         Ok(self.store.purge(now, now - retention).await?)
+    }
+
+    /// The sweeper, until `shutdown`: sweeps every `interval` (again at once
+    /// after a full sweep), and runs housekeeping with `retention` at start
+    /// and every minute after. A failed pass is logged and tried again.
+    pub async fn run_sweeper(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        retention: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut next_housekeeping = tokio::time::Instant::now();
+        loop {
+            match self.sweep(SWEEP_BATCH).await {
+                Ok(n) if n == SWEEP_BATCH as usize => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "deadline sweep failed"),
+            }
+            if tokio::time::Instant::now() >= next_housekeeping {
+                match self.housekeeping(retention).await {
+                    Ok(n) if n > 0 => tracing::info!(
+                        rows = n,
+                        "trimmed the saga log and expired idempotency keys"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+                }
+                next_housekeeping += HOUSEKEEPING_EVERY;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
     }
 
     async fn run(
@@ -375,7 +415,10 @@ fn command(ctx: &SagaContext, step: Step, attempt: u32) -> OutboundMessage {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
     use super::*;
+    use crate::application::ports::StoreError;
     use crate::domain::{CancelReason, NewOrder, Order, Settlement};
 
     fn ctx(saga: Option<Saga>) -> SagaContext {
@@ -551,5 +594,65 @@ mod tests {
                 SagaEventKind::StatusChanged,
             ]
         );
+    }
+
+    /// A saga store that only counts: `due` hands out `backlog` orders, at
+    /// most `limit` at a time, and nothing is ever left to do.
+    #[derive(Default)]
+    struct Counting {
+        backlog: std::sync::Mutex<usize>,
+        sweeps: AtomicUsize,
+        purges: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl SagaStore for Counting {
+        async fn transact(&self, _: OrderId, _: SagaDecision) -> Result<SagaOutcome, StoreError> {
+            Ok(SagaOutcome::NothingToDo)
+        }
+
+        async fn due(
+            &self,
+            _: DateTime<Utc>,
+            _: DateTime<Utc>,
+            limit: u32,
+        ) -> Result<Vec<OrderId>, StoreError> {
+            self.sweeps.fetch_add(1, SeqCst);
+            let mut backlog = self.backlog.lock().unwrap();
+            let n = (*backlog).min(limit as usize);
+            *backlog -= n;
+            Ok((0..n).map(|_| OrderId::new()).collect())
+        }
+
+        async fn purge(&self, _: DateTime<Utc>, _: DateTime<Utc>) -> Result<u64, StoreError> {
+            self.purges.fetch_add(1, SeqCst);
+            Ok(0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_clears_a_backlog_at_once_and_keeps_house_every_minute() {
+        let store = Arc::new(Counting {
+            backlog: 250.into(),
+            ..Counting::default()
+        });
+        let orchestrator = Arc::new(Orchestrator::new(
+            store.clone(),
+            SagaPolicy::default(),
+            Duration::seconds(5),
+        ));
+        let shutdown = CancellationToken::new();
+        let second = std::time::Duration::from_secs(1);
+        let sweeper =
+            tokio::spawn(orchestrator.run_sweeper(second, Duration::days(7), shutdown.clone()));
+        tokio::time::sleep(second / 2).await;
+        // 100, 100 and 50 orders without a pause; housekeeping once at start.
+        assert_eq!(store.sweeps.load(SeqCst), 3);
+        assert_eq!(store.purges.load(SeqCst), 1);
+        tokio::time::sleep(60 * second).await;
+        assert_eq!(store.sweeps.load(SeqCst), 3 + 60);
+        assert_eq!(store.purges.load(SeqCst), 2);
+        shutdown.cancel();
+        sweeper.await.unwrap();
     }
 }
