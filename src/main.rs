@@ -28,7 +28,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Bench(args) => return ordersaga::bench::run(args).await,
-        Command::Probe(args) => return ordersaga::adapters::http::probe::run(args).await,
+        Command::Probe(args) => return ordersaga::tools::probe::run(args).await,
         other => other,
     };
     let (roles, settings) = command.plan().map_err(anyhow::Error::msg)?;

@@ -20,7 +20,7 @@ use crate::adapters::http::{self, ApiKeys, AppState, Bounds};
 use crate::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
 use crate::adapters::mongo::{MongoEventLog, MongoSettings};
 use crate::adapters::postgres::{PgSettings, PgStore};
-use crate::adapters::user_api::{self, HttpUserDirectory, UserApiSettings};
+use crate::adapters::user_api::{HttpUserDirectory, UserApiSettings};
 use crate::application::health::{ConsumerAssignment, Dependency, Readiness};
 use crate::application::messages::Topic;
 use crate::application::orchestrator::Orchestrator;
@@ -639,7 +639,7 @@ impl Starting {
             .spawn(
                 &mut self.tasks,
                 self.settings.stub_addr,
-                user_api::stub_router(),
+                crate::tools::user_api_stub::router(),
                 &self.stub_shutdown,
                 self.settings.shutdown_timeout,
             )

@@ -56,7 +56,7 @@ pub enum Command {
     /// Measures a running ordersaga over HTTP against PostgreSQL and Kafka floors (docs/performance.md).
     Bench(crate::bench::BenchArgs),
     /// Asks a URL once and exits 0 on a 2xx answer: a health check for containers without curl.
-    Probe(crate::adapters::http::probe::ProbeArgs),
+    Probe(crate::tools::probe::ProbeArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

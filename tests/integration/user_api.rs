@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use ordersaga::adapters::user_api::{HttpUserDirectory, UserApiSettings, stub_router};
+use ordersaga::adapters::user_api::{HttpUserDirectory, UserApiSettings};
 use ordersaga::application::ports::{UserDirectory, UserStatus};
 use ordersaga::domain::UserId;
+use ordersaga::tools::user_api_stub::router as stub_router;
 
 async fn serve(router: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -8,7 +8,6 @@ pub mod observe;
 pub mod openapi;
 pub mod openapi_schemas;
 pub mod orders;
-pub mod probe;
 pub mod ui;
 
 use std::sync::Arc;

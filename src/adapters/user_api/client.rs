@@ -10,9 +10,15 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::{StatusCode, Url};
 
 use super::breaker::CircuitBreaker;
-use super::stub::UserRecord;
 use crate::application::ports::{UserDirectory, UserDirectoryError, UserStatus};
 use crate::domain::UserId;
+
+/// What the user API answers for a user: `{"user_id","is_valid"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub is_valid: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct UserApiSettings {

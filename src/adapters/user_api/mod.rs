@@ -1,9 +1,8 @@
-//! The user directory over HTTP: the client the user validator uses, and the
-//! stub server (`ordersaga user-api`) for local runs and tests.
+//! The user directory over HTTP: the client the user validator uses, with
+//! its circuit breaker. (The stub server for local runs and tests is in
+//! `crate::tools`.)
 
 pub mod breaker;
 mod client;
-mod stub;
 
-pub use client::{HttpUserDirectory, UserApiSettings};
-pub use stub::{UserRecord, router as stub_router};
+pub use client::{HttpUserDirectory, UserApiSettings, UserRecord};

@@ -1,15 +1,13 @@
-//! The stub user directory: `GET /api/user/{id}` → `{"user_id","is_valid"}`,
-//! where a user is invalid when its id contains `invalid` (the reference's rule).
+//! The stub user directory (`ordersaga user-api`, and `all` unless
+//! `USER_API_STUB=false`): `GET /api/user/{id}` → `{"user_id","is_valid"}`,
+//! where a user is invalid when its id contains `invalid` (the reference's
+//! rule). It answers in the format the client adapter reads.
 
 use axum::extract::Path;
 use axum::routing::get;
 use axum::{Json, Router};
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UserRecord {
-    pub user_id: String,
-    pub is_valid: bool,
-}
+use crate::adapters::user_api::UserRecord;
 
 pub fn router() -> Router {
     Router::new().route("/api/user/{id}", get(user)).route(
