@@ -3,12 +3,13 @@
 //! - [`domain`]: orders, money, payment methods, the saga state machine (pure);
 //! - [`application`]: use cases and the ports they need;
 //! - [`adapters`]: HTTP, PostgreSQL, MongoDB, Kafka and the user API;
-//! - [`config`], [`startup`], [`telemetry`], [`metrics`]: reading settings, wiring, logging, metrics;
-//! - [`bench`]: the `ordersaga bench` measuring tool (not part of the service).
+//! - [`config`], [`startup`], [`telemetry`], [`metrics`]: reading settings, wiring, logging, metrics.
+//!
+//! The measuring tool `ordersaga-bench` (`src/bin/ordersaga-bench/`) is a binary of its own
+//! that uses this library's public items; the library does not know it.
 
 pub mod adapters;
 pub mod application;
-pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod metrics;

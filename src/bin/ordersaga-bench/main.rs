@@ -1,4 +1,4 @@
-//! `ordersaga bench`: drives a running ordersaga over HTTP and reports its
+//! `ordersaga-bench`: drives a running ordersaga over HTTP and reports its
 //! throughput, latency, settle time, memory and where the machine's CPU went,
 //! next to the floors its dependencies set, measured in the same run on the
 //! same servers:
@@ -9,8 +9,11 @@
 //! - (b) a bare produce → consume round trip on the same broker, with the same
 //!   client code and settings the saga uses (the cost of one saga hop).
 //!
-//! It is a measuring tool, not part of the service: nothing here is wired into
-//! the other roles. See docs/performance.md for how the figures are read.
+//! It is a measuring tool, not part of the service: a binary of its own that
+//! uses the library's public items (its settings, its Kafka adapter), which
+//! knows nothing of it. An A/B measures two builds of the service with one
+//! build of this tool (`BENCH_TOOL` in scripts/bench.sh). See
+//! docs/performance.md for how the figures are read.
 
 mod cpu;
 mod floors;
@@ -21,12 +24,18 @@ mod rows;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::Parser;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::config::{DbArgs, KafkaArgs};
+use ordersaga::config::{DbArgs, KafkaArgs, LogArgs};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordersaga-bench",
+    version,
+    about = "Measures a running ordersaga over HTTP against PostgreSQL and Kafka floors (docs/performance.md)",
+    after_help = "Logging: RUST_LOG sets the log filter (default: info); LOG_FORMAT=json for JSON lines."
+)]
 pub struct BenchArgs {
     /// Base URL of the running API.
     #[arg(long, env = "BENCH_URL", default_value = "http://127.0.0.1:8000")]
@@ -72,10 +81,26 @@ pub struct BenchArgs {
     /// The service's Kafka settings: the round-trip floor uses the same ones.
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse();
+    ordersaga::telemetry::init(args.log.log_format);
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ordersaga-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the floors, then the load, then prints the report.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // reqwest is built without a default TLS crypto provider (see the user API client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
@@ -87,7 +112,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| {
             format!(
                 "cannot connect to PostgreSQL at {}",
-                crate::adapters::postgres::display_url(&args.db.database_url)
+                ordersaga::adapters::postgres::display_url(&args.db.database_url)
             )
         })?;
 
@@ -172,6 +197,42 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        BenchArgs::command().debug_assert();
+    }
+
+    /// Like the service's own check (config.rs): the README's configuration
+    /// table lists every variable this tool reads, with its default.
+    #[test]
+    fn the_readme_documents_every_environment_variable() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../../README.md");
+        let cmd = BenchArgs::command();
+        let wrong: Vec<_> = cmd
+            .get_arguments()
+            .filter_map(|arg| {
+                let env = arg.get_env()?.to_string_lossy().into_owned();
+                let shown = match arg.get_default_values().first() {
+                    None => "(empty)".to_string(),
+                    Some(d) if d.is_empty() => "(empty)".to_string(),
+                    Some(d) => format!("`{}`", d.to_string_lossy()),
+                };
+                (!readme.contains(&format!("| `{env}` | {shown} |"))).then_some((env, shown))
+            })
+            .collect();
+        assert!(
+            cmd.get_arguments()
+                .any(|a| a.get_env().is_some_and(|e| e == "BENCH_URL")),
+            "BENCH_URL is gone"
+        );
+        assert!(
+            wrong.is_empty(),
+            "README's configuration table lacks or misstates {wrong:?}"
+        );
+    }
 
     #[test]
     fn percentiles_pick_the_nearest_rank() {

@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Summary;
-use crate::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
-use crate::application::messages::{
+use ordersaga::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
+use ordersaga::application::messages::{
     HEADER_MESSAGE_ID, InboundMessage, MessageType, OutboundMessage, Topic,
 };
-use crate::application::ports::{HandleError, MessageHandler, MessagePublisher};
-use crate::domain::OrderId;
+use ordersaga::application::ports::{HandleError, MessageHandler, MessagePublisher};
+use ordersaga::domain::OrderId;
 
 /// Floor (a): what a new order costs the database at the least: an order row
 /// and its outbox row, inserted in one transaction (one statement, one
