@@ -75,14 +75,14 @@ pub struct BenchArgs {
     /// Also write the figures as one JSON object to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
     /// The service's database: settle times are read from its orders.
     #[command(flatten)]
     pub db: DbArgs,
     /// The service's Kafka settings: the round-trip floor uses the same ones.
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 #[tokio::main]
