@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make bench`: builds a release ordersaga, runs `ordersaga all` against the local
-# stack in a fresh database, topic prefix and Mongo database, and measures it with
-# `ordersaga bench` (floors first, then the load). docs/performance.md explains the figures.
+# `make bench`: builds a release ordersaga and ordersaga-bench, runs `ordersaga all`
+# against the local stack in a fresh database, topic prefix and Mongo database, and
+# measures it with `ordersaga-bench` (floors first, then the load). docs/performance.md
+# explains the figures.
 #
 #   BENCH_SCENARIOS  what to run, space-separated; each is "closed:<in flight>:<secs>",
 #                    "open:<orders/s>:<secs>" or "api:<in flight>:<secs>" (default below).
@@ -10,10 +11,10 @@
 #                    `ordersaga all` is stopped meanwhile (and started again if a later
 #                    scenario needs it)
 #   BENCH_OUT        folder for the reports (default .stack/bench)
-#   BENCH_BIN        an ordersaga binary to measure instead of building this checkout
+#   BENCH_BIN        the ordersaga binary to measure instead of this checkout's
 #                    (e.g. a copy of an earlier build, for an A/B on the same stack)
-#   BENCH_TOOL       the ordersaga binary whose `bench` measures (default: BENCH_BIN), so
-#                    an A/B measures both builds with the same tool and floors
+#   BENCH_TOOL       the ordersaga-bench binary that measures instead of this checkout's,
+#                    so an A/B can measure both builds with one tool and the same floors
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set -a; . .stack/env; set +a
@@ -24,14 +25,13 @@ SCENARIOS=${BENCH_SCENARIOS:-"open:100:15 open:200:30 open:300:15 closed:8:15 ap
 OUT=${BENCH_OUT:-.stack/bench}
 mkdir -p "$OUT"
 
-if [[ -n ${BENCH_BIN:-} ]]; then
-  BIN=$BENCH_BIN
-else
-  cargo build --release --bin ordersaga
-  BIN=$CARGO_TARGET_DIR/release/ordersaga
-fi
-
-TOOL=${BENCH_TOOL:-$BIN}
+# Builds from this checkout only what BENCH_BIN and BENCH_TOOL do not name.
+build=()
+[[ -n ${BENCH_BIN:-} ]] || build+=(--bin ordersaga)
+[[ -n ${BENCH_TOOL:-} ]] || build+=(--bin ordersaga-bench)
+((${#build[@]} == 0)) || cargo build --release "${build[@]}"
+BIN=${BENCH_BIN:-$CARGO_TARGET_DIR/release/ordersaga}
+TOOL=${BENCH_TOOL:-$CARGO_TARGET_DIR/release/ordersaga-bench}
 run=bench_$(date +%s)_$$
 base=${DATABASE_URL%%\?*}
 export DATABASE_URL="${base%/*}/ordersaga_$run"
@@ -93,7 +93,7 @@ for s in $SCENARIOS; do
         "$BIN" api >"$OUT/ordersaga-api.log" 2>&1 &
       api_pid=$!
       wait_ready "$API_PORT" "$api_pid" "ordersaga api" "$OUT/ordersaga-api.log"
-      DATABASE_URL=$API_DB "$TOOL" bench --url "http://127.0.0.1:$API_PORT" --pid "$api_pid" --api-only \
+      DATABASE_URL=$API_DB "$TOOL" --url "http://127.0.0.1:$API_PORT" --pid "$api_pid" --api-only \
         --concurrency "$n" --duration-secs "$secs" --floor-secs 5 --json "$OUT/api-$n.json" | tee "$OUT/api-$n.md"
       kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; api_pid=
       continue ;;
@@ -101,7 +101,7 @@ for s in $SCENARIOS; do
   esac
   start_all
   # Every scenario measures its floors again, on the same servers, just before its load.
-  "$TOOL" bench --url "http://127.0.0.1:$PORT" --pid "$pid" --duration-secs "$secs" "${load[@]}" \
+  "$TOOL" --url "http://127.0.0.1:$PORT" --pid "$pid" --duration-secs "$secs" "${load[@]}" \
     --floor-secs 5 --json "$OUT/$mode-$n.json" | tee "$OUT/$mode-$n.md"
 done
 echo "bench: reports in $OUT; service log $log" >&2

@@ -5,11 +5,12 @@
 //! - [`adapters`]: HTTP, PostgreSQL, MongoDB, Kafka and the user API;
 //! - [`config`], [`startup`], [`telemetry`], [`metrics`]: reading settings, wiring, logging, metrics;
 //! - [`tools`]: programs beside the service (the stub user directory, the container probe).
-//! - [`bench`]: the `ordersaga bench` measuring tool (not part of the service).
+//!
+//! The measuring tool `ordersaga-bench` (`src/bin/ordersaga-bench/`) is a binary of its own
+//! that uses this library's public items; the library does not know it.
 
 pub mod adapters;
 pub mod application;
-pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod metrics;

@@ -27,7 +27,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             return Ok(());
         }
-        Command::Bench(args) => return ordersaga::bench::run(args).await,
         Command::Probe(args) => return ordersaga::tools::probe::run(args).await,
         other => other,
     };

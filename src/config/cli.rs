@@ -53,8 +53,6 @@ pub enum Command {
     UserApi(UserApiStubArgs),
     /// Creates the database if needed and applies the migrations, then exits.
     Migrate(MigrateArgs),
-    /// Measures a running ordersaga over HTTP against PostgreSQL and Kafka floors (docs/performance.md).
-    Bench(crate::bench::BenchArgs),
     /// Asks a URL once and exits 0 on a 2xx answer: a health check for containers without curl.
     Probe(crate::tools::probe::ProbeArgs),
 }

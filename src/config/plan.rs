@@ -213,7 +213,6 @@ impl Command {
                 )
             },
             Command::Migrate(_) => return Err("migrate runs no components".into()),
-            Command::Bench(_) => return Err("bench runs no components".into()),
             Command::Probe(_) => return Err("probe runs no components".into()),
         })
     }

@@ -1,13 +1,12 @@
 //! Where the machine's CPU went during the load: every process's CPU time
-//! from /proc (Linux), summed by program, so the report shows what the
-//! service, the database, the broker and the bench itself each cost.
+//! from /proc (Linux, read with `procfs`), summed by program, so the report
+//! shows what the service, the database, the broker and the bench itself each
+//! cost.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// Clock ticks per second of /proc's CPU times (`USER_HZ`, fixed at 100 in
-/// Linux's user-space ABI).
-const TICKS_PER_SEC: f64 = 100.0;
+use procfs::process::{Process, Stat, all_processes};
 
 /// Programs that used less than this (% of one core) are left out of the report.
 const SHOWN_FROM_PERCENT: f64 = 1.0;
@@ -30,21 +29,14 @@ pub struct Share {
 
 impl Snapshot {
     pub fn take() -> Self {
-        let ticks = std::fs::read_dir("/proc")
+        let ticks = all_processes()
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|entry| {
-                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                let (program, ticks) = parse_stat(&stat)?;
-                let program = if program == "java" {
-                    let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-                    java_program(&cmdline)
-                } else {
-                    program
-                };
-                Some((pid, (program, ticks)))
+            .filter_map(|process| {
+                let stat = process.stat().ok()?;
+                let pid = u32::try_from(stat.pid).ok()?;
+                Some((pid, (program(&stat, &process), cpu_ticks(&stat))))
             })
             .collect();
         Self {
@@ -78,12 +70,14 @@ impl Snapshot {
             };
             *by_program.entry(program).or_default() += ticks.saturating_sub(earlier);
         }
+        // The unit of /proc's CPU times (USER_HZ, 100 on Linux).
+        let ticks_per_sec = procfs::ticks_per_second() as f64;
         let mut shares: Vec<Share> = by_program
             .into_iter()
             .map(|(program, ticks)| Share {
                 program,
-                percent_of_core: ticks as f64 / TICKS_PER_SEC / secs * 100.0,
-                cpu_secs: ticks as f64 / TICKS_PER_SEC,
+                percent_of_core: ticks as f64 / ticks_per_sec / secs * 100.0,
+                cpu_secs: ticks as f64 / ticks_per_sec,
             })
             .filter(|s| s.percent_of_core >= SHOWN_FROM_PERCENT)
             .collect();
@@ -92,25 +86,27 @@ impl Snapshot {
     }
 }
 
-/// (program, user + system ticks) from the text of /proc/<pid>/stat. The
-/// program name is in parentheses and may itself hold spaces and parentheses;
-/// kernel threads (`kworker/1:3-events`) count under their family (`kworker`).
-fn parse_stat(stat: &str) -> Option<(String, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat.get(open + 1..close)?;
-    let program = name.split('/').next().unwrap_or(name).to_owned();
-    // After the name: state, ppid, …; utime and stime are the 12th and 13th.
-    let mut fields = stat.get(close + 1..)?.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((program, utime + stime))
+/// User + system CPU time of a process, in ticks.
+fn cpu_ticks(stat: &Stat) -> u64 {
+    stat.utime + stat.stime
+}
+
+/// The program a process counts under: its name (`comm`), a kernel thread
+/// (`kworker/1:3-events`) under its family (`kworker`), and a JVM by what it
+/// runs (its command line is read only then).
+fn program(stat: &Stat, process: &Process) -> String {
+    let name = stat.comm.split('/').next().unwrap_or(&stat.comm);
+    if name == "java" {
+        java_program(&process.cmdline().unwrap_or_default())
+    } else {
+        name.to_owned()
+    }
 }
 
 /// A JVM is named by what it runs: the Kafka broker (main class `kafka.Kafka`)
-/// is `kafka`; any other stays `java`. `cmdline` is /proc/<pid>/cmdline.
-fn java_program(cmdline: &[u8]) -> String {
-    let runs_kafka = cmdline.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka");
+/// is `kafka`; any other stays `java`. `cmdline` is its arguments.
+fn java_program(cmdline: &[String]) -> String {
+    let runs_kafka = cmdline.iter().any(|arg| arg == "kafka.Kafka");
     if runs_kafka { "kafka" } else { "java" }.to_owned()
 }
 
@@ -120,39 +116,61 @@ mod tests {
 
     #[test]
     fn the_kafka_broker_is_named_by_its_main_class() {
-        let broker = b"java\0-Xmx1g\0-cp\0/c/libs/*\0kafka.Kafka\0/s/server.properties\0";
-        assert_eq!(java_program(broker), "kafka");
-        assert_eq!(java_program(b"java\0-jar\0app.jar\0"), "java");
+        let args = |line: &str| line.split(' ').map(String::from).collect::<Vec<_>>();
+        let broker = args("java -Xmx1g -cp /c/libs/* kafka.Kafka /s/server.properties");
+        assert_eq!(java_program(&broker), "kafka");
+        assert_eq!(java_program(&args("java -jar app.jar")), "java");
+    }
+
+    /// A line of /proc/<pid>/stat as the kernel writes it (52 fields).
+    fn stat_line(pid: u32, comm: &str, utime: u64, stime: u64) -> String {
+        format!(
+            "{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 511 0 0 0 {utime} {stime} 0 0 20 0 9 0 123 \
+             456789 789 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0"
+        )
     }
 
     #[test]
     fn reads_the_program_and_cpu_ticks_even_with_odd_names() {
-        let stat = "4242 (tokio (x) 1) S 1 4242 4242 0 -1 4194560 511 0 0 0 170 30 0 0 20 0 9 0 123 456 789";
-        assert_eq!(parse_stat(stat), Some(("tokio (x) 1".into(), 200)));
-        let kernel = "77 (kworker/u8:1-ext4-rsv-conversion) I 2 0 0 0 -1 0 0 0 0 0 5 6 0 0";
-        assert_eq!(parse_stat(kernel), Some(("kworker".into(), 11)));
-        assert_eq!(parse_stat("4242 (cut"), None);
-        assert_eq!(parse_stat("4242 (short) S 1 2"), None);
+        use procfs::FromRead;
+        let me = Process::myself().expect("Linux /proc");
+        let stat = Stat::from_read(stat_line(4242, "tokio (x) 1", 170, 30).as_bytes()).unwrap();
+        assert_eq!(
+            (program(&stat, &me), cpu_ticks(&stat)),
+            ("tokio (x) 1".into(), 200)
+        );
+        let kernel = stat_line(77, "kworker/u8:1-ext4-rsv-conversion", 5, 6);
+        let stat = Stat::from_read(kernel.as_bytes()).unwrap();
+        assert_eq!(
+            (program(&stat, &me), cpu_ticks(&stat)),
+            ("kworker".into(), 11)
+        );
+        assert!(Stat::from_read("4242 (cut".as_bytes()).is_err());
+        assert!(Stat::from_read("4242 (short) S 1 2".as_bytes()).is_err());
     }
 
     fn own_ticks() -> u64 {
-        let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux /proc");
-        parse_stat(&stat).expect("parses").1
+        cpu_ticks(
+            &Process::myself()
+                .and_then(|p| p.stat())
+                .expect("Linux /proc"),
+        )
     }
 
     #[test]
     fn counts_the_cpu_this_process_used_as_the_bench() {
         let before = Snapshot::take();
-        // Work until the kernel has charged this process 20 ticks (0.2 s of CPU).
+        // Work until the kernel has charged this process 0.2 s of CPU.
+        let fifth = procfs::ticks_per_second() / 5;
         let start = own_ticks();
         let give_up = Instant::now() + std::time::Duration::from_secs(30);
         let mut x = 0u64;
-        while own_ticks() < start + 20 && Instant::now() < give_up {
+        while own_ticks() < start + fifth && Instant::now() < give_up {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
         }
-        assert!(own_ticks() >= start + 20, "no CPU charged in 30 s");
+        assert!(own_ticks() >= start + fifth, "no CPU charged in 30 s");
         let after = Snapshot::take();
         let secs = after.at.duration_since(before.at).as_secs_f64();
         let shares = after.since(&before, None);

@@ -11,13 +11,13 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Summary;
-use crate::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
-use crate::application::messages::{
+use super::{Summary, latencies};
+use ordersaga::adapters::kafka::{self, ConsumerSettings, KafkaPublisher, KafkaSettings};
+use ordersaga::application::messages::{
     HEADER_MESSAGE_ID, InboundMessage, MessageType, OutboundMessage, Topic,
 };
-use crate::application::ports::{HandleError, MessageHandler, MessagePublisher};
-use crate::domain::OrderId;
+use ordersaga::application::ports::{HandleError, MessageHandler, MessagePublisher};
+use ordersaga::domain::OrderId;
 
 /// Floor (a): what a new order costs the database at the least: an order row
 /// and its outbox row, inserted in one transaction (one statement, one
@@ -56,12 +56,12 @@ pub async fn postgres_insert(
     );
     let started = Instant::now();
     let deadline = started + duration;
+    // One histogram for every connection (locked only to record one).
+    let all = Arc::new(Mutex::new(latencies()));
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let pool = pool.clone();
-            let insert = insert.clone();
+            let (pool, insert, all) = (pool.clone(), insert.clone(), all.clone());
             tokio::spawn(async move {
-                let mut micros = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     sqlx::query(AssertSqlSafe(insert.clone()))
@@ -69,17 +69,18 @@ pub async fn postgres_insert(
                         .bind("floor")
                         .execute(&pool)
                         .await?;
-                    micros.push(t.elapsed().as_micros() as u64);
+                    let us = t.elapsed().as_micros() as u64;
+                    all.lock().unwrap().saturating_record(us);
                 }
-                anyhow::Ok(micros)
+                anyhow::Ok(())
             })
         })
         .collect();
-    let mut all = Vec::new();
     for w in workers {
-        all.extend(w.await??);
+        w.await??;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let latency = Summary::of(&all.lock().unwrap());
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP TABLE {orders}; DROP TABLE {log};"
     )))
@@ -87,8 +88,8 @@ pub async fn postgres_insert(
     .await
     .ok();
     Ok(InsertFloor {
-        per_sec: all.len() as f64 / elapsed,
-        latency: Summary::of(all),
+        per_sec: latency.count as f64 / elapsed,
+        latency,
     })
 }
 
@@ -170,14 +171,14 @@ pub async fn kafka_round_trip(
                 "no message came back through the broker within 60 s"
             );
         }
-        let mut micros = Vec::with_capacity(round_trips);
+        let mut rtts = latencies();
         for _ in 0..round_trips {
             let rtt = one(Duration::from_secs(5))
                 .await?
                 .context("a round trip took longer than 5 s")?;
-            micros.push(rtt.as_micros() as u64);
+            rtts.saturating_record(rtt.as_micros() as u64);
         }
-        anyhow::Ok(Summary::of(micros))
+        anyhow::Ok(Summary::of(&rtts))
     }
     .await;
     stop.cancel();

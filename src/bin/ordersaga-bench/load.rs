@@ -9,7 +9,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use super::{BenchArgs, Summary, cpu, rows, rss_mib};
+use super::{BenchArgs, Latencies, Summary, cpu, latencies, latencies_of, rows, rss_mib};
 
 /// Orders of one run go to these users (all valid for the stub user API), so
 /// the run's orders are found through the `(user_id, created_at)` index.
@@ -103,21 +103,21 @@ async fn stages(pool: &PgPool, users: &[String]) -> anyhow::Result<Vec<Stage>> {
     let micros = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
         (to - from).num_microseconds().unwrap_or(0).max(0) as u64
     };
-    let mut spans: [Vec<u64>; 3] = Default::default();
+    let mut spans: [Latencies; 3] = [latencies(), latencies(), latencies()];
     for (created, started, first_reply, settled) in rows {
         let (Some(started), Some(first_reply)) = (started, first_reply) else {
             continue; // settled without both (e.g. canceled by a deadline)
         };
-        spans[0].push(micros(created, started));
-        spans[1].push(micros(started, first_reply));
-        spans[2].push(micros(first_reply, settled));
+        spans[0].saturating_record(micros(created, started));
+        spans[1].saturating_record(micros(started, first_reply));
+        spans[2].saturating_record(micros(first_reply, settled));
     }
     Ok(STAGES
         .into_iter()
         .zip(spans)
         .map(|(name, s)| Stage {
             name,
-            latency: Summary::of(s),
+            latency: Summary::of(&s),
         })
         .collect())
 }
@@ -128,6 +128,8 @@ struct Counters {
     errors: AtomicU64,
     refused: AtomicU64,
     samples: std::sync::Mutex<Vec<String>>,
+    /// The accepted POSTs' latencies (locked only to record one).
+    latency: std::sync::Mutex<Latencies>,
 }
 
 impl Counters {
@@ -138,6 +140,7 @@ impl Counters {
             errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             samples: Default::default(),
+            latency: std::sync::Mutex::new(latencies()),
         }
     }
 
@@ -154,14 +157,9 @@ fn users(run_id: &str) -> Vec<String> {
     (0..USERS).map(|i| format!("bench-{run_id}-{i}")).collect()
 }
 
-/// One POST; the latency counts from `from` (the scheduled time in an open loop).
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    user: &str,
-    from: Instant,
-    c: &Counters,
-) -> Option<u64> {
+/// One POST; the latency of an accepted one, counted from `from` (the
+/// scheduled time in an open loop), goes to `c.latency`.
+async fn post(client: &reqwest::Client, url: &str, user: &str, from: Instant, c: &Counters) {
     c.sent.fetch_add(1, Ordering::Relaxed);
     let body = form_urlencoded::Serializer::new(String::new())
         .append_pair("value", "10.00")
@@ -179,8 +177,9 @@ async fn post(
     match request.send().await {
         Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
             let _ = r.bytes().await;
+            let us = from.elapsed().as_micros() as u64;
             c.accepted.fetch_add(1, Ordering::Relaxed);
-            Some(from.elapsed().as_micros() as u64)
+            c.latency.lock().unwrap().saturating_record(us);
         }
         Ok(r) => {
             let status = r.status();
@@ -188,18 +187,14 @@ async fn post(
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && body.contains("\"overloaded\"")
             {
                 c.refused.fetch_add(1, Ordering::Relaxed);
-                return None;
+                return;
             }
             c.error(format!(
                 "HTTP {status}: {}",
                 body.chars().take(200).collect::<String>()
             ));
-            None
         }
-        Err(e) => {
-            c.error(format!("{e}"));
-            None
-        }
+        Err(e) => c.error(format!("{e}")),
     }
 }
 
@@ -315,7 +310,6 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
     let cpu_before = cpu::Snapshot::take();
     let started = Instant::now();
     let deadline = started + duration;
-    let mut latencies = Vec::new();
     match args.rate {
         None => {
             let workers: Vec<_> = (0..args.concurrency as usize)
@@ -323,22 +317,16 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
                     let (client, url, users, c) =
                         (client.clone(), url.clone(), users.clone(), counters.clone());
                     tokio::spawn(async move {
-                        let mut micros = Vec::new();
                         let mut i = w;
                         while Instant::now() < deadline {
-                            if let Some(us) =
-                                post(&client, &url, &users[i % USERS], Instant::now(), &c).await
-                            {
-                                micros.push(us);
-                            }
+                            post(&client, &url, &users[i % USERS], Instant::now(), &c).await;
                             i += 1;
                         }
-                        micros
                     })
                 })
                 .collect();
             for w in workers {
-                latencies.extend(w.await?);
+                w.await?;
             }
         }
         Some(rate) => {
@@ -371,17 +359,16 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
                     counters.clone(),
                 );
                 tasks.spawn(async move {
-                    let r = post(&client, &url, &user, at, &c).await;
+                    post(&client, &url, &user, at, &c).await;
                     drop(slot);
-                    r
                 });
                 while let Some(done) = tasks.try_join_next() {
-                    latencies.extend(done?);
+                    done?;
                 }
                 i += 1;
             }
             while let Some(done) = tasks.join_next().await {
-                latencies.extend(done?);
+                done?;
             }
         }
     }
@@ -418,10 +405,11 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         .per_order(&rows_before, accepted);
 
     let terminal: Vec<_> = rows.iter().filter(|r| r.0 != "PROCESSING").collect();
-    let settle_micros: Vec<u64> = terminal
-        .iter()
-        .map(|r| (r.2 - r.1).num_microseconds().unwrap_or(0).max(0) as u64)
-        .collect();
+    let settle_micros = latencies_of(
+        terminal
+            .iter()
+            .map(|r| (r.2 - r.1).num_microseconds().unwrap_or(0).max(0) as u64),
+    );
     let first = rows.iter().map(|r| r.1).min();
     let last = terminal.iter().map(|r| r.2).max();
     let settled_per_sec = match (first, last) {
@@ -454,12 +442,12 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         error_samples: counters.samples.lock().unwrap().clone(),
         load_secs,
         post_per_sec: accepted as f64 / load_secs,
-        post_latency: Summary::of(latencies),
+        post_latency: Summary::of(&counters.latency.lock().unwrap()),
         settled: terminal.len() as u64,
         approved: terminal.iter().filter(|r| r.0 == "APPROVED").count() as u64,
         canceled: terminal.iter().filter(|r| r.0 == "CANCELED").count() as u64,
         unsettled: (rows.len() - terminal.len()) as u64,
-        settle_latency: Summary::of(settle_micros),
+        settle_latency: Summary::of(&settle_micros),
         stages,
         settled_per_sec,
         settled_per_sec_worst_second: worst_second,
