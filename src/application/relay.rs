@@ -331,6 +331,11 @@ mod tests {
         MemoryBroker as Broker, MemoryEvents as Events, MemoryLog,
     };
 
+    /// An empty log, a broker and an event log, in memory.
+    fn ports() -> (Arc<MemoryLog>, Arc<Broker>, Arc<Events>) {
+        (Arc::default(), Arc::default(), Arc::default())
+    }
+
     fn relay(log: &Arc<MemoryLog>, broker: &Arc<Broker>, events: &Arc<Events>) -> Relay {
         Relay::new(
             log.clone(),
@@ -345,11 +350,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_feed_delivers_its_part_of_the_rows_and_moves_past_them() {
-        let (log, broker, events) = (
-            Arc::new(MemoryLog::default()),
-            Arc::new(Broker::default()),
-            Arc::new(Events::default()),
-        );
+        let (log, broker, events) = ports();
         log.push(true);
         log.push(false);
         log.push(true);
@@ -380,11 +381,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_the_broker_refused_is_read_again_and_nothing_is_skipped() {
-        let (log, broker, events) = (
-            Arc::new(MemoryLog::default()),
-            Arc::new(Broker::default()),
-            Arc::new(Events::default()),
-        );
+        let (log, broker, events) = ports();
         log.push(true);
         let relay = relay(&log, &broker, &events);
         broker.fail.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -406,11 +403,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_feed_another_relay_holds_is_left_to_it() {
-        let (log, broker, events) = (
-            Arc::new(MemoryLog::default()),
-            Arc::new(Broker::default()),
-            Arc::new(Events::default()),
-        );
+        let (log, broker, events) = ports();
         log.push(true);
         let first = relay(&log, &broker, &events);
         let second = relay(&log, &broker, &events);

@@ -36,6 +36,19 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// Runs `cleanup` to its end on a thread and runtime of its own: a guard's
+/// `Drop` may run inside a test's runtime, which must not be blocked on.
+pub fn on_own_runtime(cleanup: impl Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(cleanup)
+    })
+    .join();
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -114,25 +127,16 @@ impl TestDb {
     /// Drops the database now (also done when the guard goes).
     pub fn drop_now(&self) {
         let (name, server) = (self.name.clone(), self.server.clone());
-        // The test's runtime may be blocked here (Drop): clean up on a thread and
-        // runtime of its own, with fresh connections (FORCE ends the pool's).
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let base: PgConnectOptions = server.parse().unwrap();
-                if let Ok(mut admin) = PgConnection::connect_with(&base.database("postgres")).await
-                {
-                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
-        })
-        .join();
+        // Fresh connections: FORCE ends the pool's.
+        on_own_runtime(async move {
+            let base: PgConnectOptions = server.parse().unwrap();
+            if let Ok(mut admin) = PgConnection::connect_with(&base.database("postgres")).await {
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await;
+            }
+        });
     }
 }
 
@@ -182,41 +186,34 @@ fn sweep_test_topics(brokers: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     let brokers = brokers.to_owned();
-    let _ = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let Ok(admin) = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create::<AdminClient<DefaultClientContext>>()
-            else {
-                return;
-            };
-            let Ok(metadata) = admin.inner().fetch_metadata(None, Duration::from_secs(10)) else {
-                return;
-            };
-            let stale: Vec<String> = metadata
-                .topics()
-                .iter()
-                .map(|t| t.name().to_owned())
-                .filter(|name| {
-                    let bytes = name.as_bytes();
-                    bytes.len() > 14
-                        && bytes[0] == b't'
-                        && bytes[13] == b'.'
-                        && bytes[1..13].iter().all(u8::is_ascii_hexdigit)
-                })
-                .collect();
-            for chunk in stale.chunks(500) {
-                let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-                let _ = admin.delete_topics(&names, &options).await;
-            }
-        });
-    })
-    .join();
+    on_own_runtime(async move {
+        let Ok(admin) = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create::<AdminClient<DefaultClientContext>>()
+        else {
+            return;
+        };
+        let Ok(metadata) = admin.inner().fetch_metadata(None, Duration::from_secs(10)) else {
+            return;
+        };
+        let stale: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|name| {
+                let bytes = name.as_bytes();
+                bytes.len() > 14
+                    && bytes[0] == b't'
+                    && bytes[13] == b'.'
+                    && bytes[1..13].iter().all(u8::is_ascii_hexdigit)
+            })
+            .collect();
+        for chunk in stale.chunks(500) {
+            let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+            let _ = admin.delete_topics(&names, &options).await;
+        }
+    });
 }
 
 /// A Mongo database of the test's own, dropped when the guard goes.
@@ -250,19 +247,12 @@ impl TestMongo {
     /// Drops the Mongo database now (also done when the guard goes).
     pub fn drop_now(&self) {
         let settings = self.settings.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(client) = mongodb::Client::with_uri_str(&settings.uri).await {
-                    let db = client.database(&settings.database);
-                    let _ = tokio::time::timeout(Duration::from_secs(10), db.drop()).await;
-                }
-            });
-        })
-        .join();
+        on_own_runtime(async move {
+            if let Ok(client) = mongodb::Client::with_uri_str(&settings.uri).await {
+                let db = client.database(&settings.database);
+                let _ = tokio::time::timeout(Duration::from_secs(10), db.drop()).await;
+            }
+        });
     }
 }
 
@@ -450,17 +440,10 @@ impl SystemEnv {
 impl Drop for SystemEnv {
     fn drop(&mut self) {
         let kafka = self.kafka.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let deleted = ordersaga::adapters::kafka::delete_topics(&kafka);
-                let _ = tokio::time::timeout(Duration::from_secs(15), deleted).await;
-            });
-        })
-        .join();
+        on_own_runtime(async move {
+            let deleted = ordersaga::adapters::kafka::delete_topics(&kafka);
+            let _ = tokio::time::timeout(Duration::from_secs(15), deleted).await;
+        });
     }
 }
 

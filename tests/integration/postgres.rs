@@ -10,6 +10,7 @@ use ordersaga::application::messages::{MessageType, Topic};
 use ordersaga::application::orders::OrderService;
 use ordersaga::application::ports::{
     Feed, LogEntry, NewEvent, OrderStore, SagaContext, SagaLog, SagaOutcome, SagaStore, SagaWrite,
+    StoreError,
 };
 use ordersaga::application::relay::{Pass, Relay, RelaySettings};
 use ordersaga::domain::{
@@ -341,20 +342,16 @@ async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote()
     assert_eq!(*seen.lock().unwrap(), Some(marked));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decisions_queued_behind_a_busy_writer_commit_together_each_as_if_alone() {
-    use futures::poll;
-    let db = TestDb::new().await;
-    // One writer, so every decision queued while it is busy lands in its next batch.
-    let store = PgStore::from_pool(db.pool().clone()).with_saga_writers(1, 64);
-    let mut orders = Vec::new();
-    for _ in 0..4 {
-        orders.push(placed_order(&db).await.id);
-    }
-    let [busy, good, bad, twice] = orders[..] else {
-        unreachable!()
-    };
-    // The writer is held inside a decision until everything else is queued.
+/// Starts `busy`'s saga with a decision that holds the store's writer
+/// inside it; returns once the writer is held, with the decision's outcome
+/// to come and the sender that lets it go on.
+async fn hold_the_writer(
+    store: &PgStore,
+    busy: OrderId,
+) -> (
+    tokio::task::JoinHandle<Result<SagaOutcome, StoreError>>,
+    std::sync::mpsc::Sender<()>,
+) {
     let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
     let entered_tx = std::sync::Mutex::new(Some(entered_tx));
     let (release, held) = std::sync::mpsc::channel::<()>();
@@ -371,6 +368,24 @@ async fn decisions_queued_behind_a_busy_writer_commit_together_each_as_if_alone(
         async move { store.transact(busy, Box::new(hold)).await }
     });
     entered.await.unwrap();
+    (first, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_queued_behind_a_busy_writer_commit_together_each_as_if_alone() {
+    use futures::poll;
+    let db = TestDb::new().await;
+    // One writer, so every decision queued while it is busy lands in its next batch.
+    let store = PgStore::from_pool(db.pool().clone()).with_saga_writers(1, 64);
+    let mut orders = Vec::new();
+    for _ in 0..4 {
+        orders.push(placed_order(&db).await.id);
+    }
+    let [busy, good, bad, twice] = orders[..] else {
+        unreachable!()
+    };
+    // The writer is held inside a decision until everything else is queued.
+    let (first, release) = hold_the_writer(&store, busy).await;
 
     let seen = Arc::new(std::sync::Mutex::new(None));
     let look = {
@@ -440,22 +455,7 @@ async fn two_decisions_about_one_order_in_a_batch_write_it_once() {
         .fetch_one(db.pool())
         .await
         .unwrap();
-    let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
-    let entered_tx = std::sync::Mutex::new(Some(entered_tx));
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let held = std::sync::Mutex::new(held);
-    let hold = move |ctx: &SagaContext| {
-        if let Some(tx) = entered_tx.lock().unwrap().take() {
-            let _ = tx.send(());
-            let _ = held.lock().unwrap().recv();
-        }
-        start_decision(ctx)
-    };
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move { store.transact(busy, Box::new(hold)).await }
-    });
-    entered.await.unwrap();
+    let (first, release) = hold_the_writer(&store, busy).await;
     let reply = |step: &'static str| {
         move |ctx: &SagaContext| -> Option<SagaWrite> {
             let event = NewEvent::new(
