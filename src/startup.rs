@@ -135,7 +135,7 @@ impl Default for Settings {
                 replication_factor: 1,
                 session_timeout: Duration::from_secs(10),
                 heartbeat_interval: Duration::from_secs(1),
-                fetch_wait_max: Duration::from_millis(500),
+                fetch_wait_max: Duration::from_millis(100),
                 linger: Duration::ZERO,
                 max_in_flight: KafkaSettings::DEFAULT_MAX_IN_FLIGHT,
                 message_timeout: Duration::from_secs(10),

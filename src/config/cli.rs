@@ -144,8 +144,9 @@ pub struct KafkaArgs {
     /// Consumer heartbeat interval, in ms.
     #[arg(long, env = "KAFKA_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
     pub kafka_heartbeat_interval_ms: u64,
-    /// fetch.wait.max.ms: how long the broker may hold a fetch that finds nothing (it answers as soon as data arrives).
-    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 500)]
+    /// fetch.wait.max.ms: how long the broker may hold a fetch that finds nothing (it answers as soon as data arrives,
+    /// but a partition that becomes fetchable while a fetch is held waits for it: right after start-up this bounds the first hop).
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 100)]
     pub kafka_fetch_wait_max_ms: u64,
     /// linger.ms: how long the producer waits to fill a batch.
     #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 0)]
