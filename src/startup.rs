@@ -100,6 +100,8 @@ pub struct Settings {
     pub api_keys: ApiKeys,
     pub saga: SagaPolicy,
     pub sweep_interval: Duration,
+    /// How long a passing reply waits for its order's other one (`SAGA_REPLY_HOLD_MS`).
+    pub reply_hold: Duration,
     pub start_grace: chrono::Duration,
     /// How long relayed saga-log rows are kept (creation and settlement events stay).
     pub log_retention: chrono::Duration,
@@ -161,6 +163,7 @@ impl Default for Settings {
             api_keys: ApiKeys::default(),
             saga: SagaPolicy::default(),
             sweep_interval: Duration::from_millis(250),
+            reply_hold: Duration::from_millis(10),
             start_grace: chrono::Duration::seconds(5),
             log_retention: chrono::Duration::days(7),
             user_api: UserApiSettings {
@@ -474,11 +477,20 @@ impl Starting {
     /// The orchestrator: a consumer of new orders and replies, and the
     /// sweeper that enforces its deadlines and keeps house.
     fn start_orchestrator(&mut self) -> anyhow::Result<()> {
-        let orchestrator = Arc::new(Orchestrator::new(
-            Arc::new(self.store()?),
-            self.settings.saga,
-            self.settings.start_grace,
-        ));
+        // A reply waiting in a lane of depth one would hold up the other reply it waits for.
+        let hold = if self.settings.kafka.lane_depth > 1 {
+            self.settings.reply_hold
+        } else {
+            Duration::ZERO
+        };
+        let orchestrator = Arc::new(
+            Orchestrator::new(
+                Arc::new(self.store()?),
+                self.settings.saga,
+                self.settings.start_grace,
+            )
+            .with_reply_hold(hold),
+        );
         self.spawn_consumer(
             "orchestrator",
             vec![

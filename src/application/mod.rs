@@ -9,6 +9,7 @@ pub mod health;
 pub mod messages;
 pub mod orchestrator;
 pub mod orders;
+mod pairing;
 pub mod ports;
 pub mod relay;
 pub mod validators;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -24,9 +25,10 @@ use super::messages::{
     BalanceValidated, InboundMessage, MessageType, OrderCreated, OrderSettled, OutboundMessage,
     Topic, UserValidated, ValidateBalance, ValidateUser,
 };
+use super::pairing::{Arrival, Pairing};
 use super::ports::{
     HandleError, LogEntry, MessageHandler, NewEvent, SagaContext, SagaDecision, SagaOutcome,
-    SagaStore, SagaWrite,
+    SagaStore, SagaWrite, StoreError,
 };
 
 /// Orders one sweep looks at; after a full one the sweeper sweeps again at once.
@@ -39,6 +41,9 @@ pub struct Orchestrator {
     policy: SagaPolicy,
     /// How long a PROCESSING order may wait for its saga to start before the sweeper starts it.
     start_grace: Duration,
+    /// How long a passing reply waits for its order's other reply (zero: never).
+    reply_hold: std::time::Duration,
+    pairing: Pairing<Partner>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,8 +54,19 @@ enum Input {
         attempt: u32,
         outcome: StepOutcome,
         message_id: Uuid,
+        /// When the orchestrator got it: the time of its decision, however
+        /// long it then waited for a writer or for its partner.
+        received_at: DateTime<Utc>,
     },
     Tick,
+}
+
+/// A reply handed to its order's waiting first reply, to be decided with it;
+/// its outcome goes back on `done`.
+struct Partner {
+    input: Input,
+    message_id: Uuid,
+    done: oneshot::Sender<Result<SagaOutcome, HandleError>>,
 }
 
 impl Orchestrator {
@@ -59,7 +75,19 @@ impl Orchestrator {
             store,
             policy,
             start_grace,
+            reply_hold: std::time::Duration::ZERO,
+            pairing: Pairing::default(),
         }
+    }
+
+    /// The same orchestrator, a passing reply waiting up to `hold` for its
+    /// order's other reply so that both are written together (see
+    /// `application::pairing`). Only worth it when the consumer handles
+    /// several messages of a partition at once: otherwise the other reply
+    /// queues behind the one that waits for it.
+    pub fn with_reply_hold(mut self, hold: std::time::Duration) -> Self {
+        self.reply_hold = hold;
+        self
     }
 
     /// Acts on every saga whose deadline has passed and starts sagas whose
@@ -127,20 +155,96 @@ impl Orchestrator {
         input: Input,
     ) -> Result<SagaOutcome, HandleError> {
         let (decision, observed) = observed_decision(input, self.policy);
-        let outcome = self.store.transact(order_id, decision).await?;
-        match outcome {
-            SagaOutcome::Applied => observed.record(),
-            SagaOutcome::UnknownOrder => {
-                return Err(HandleError::Poison(format!(
-                    "order {order_id} does not exist"
-                )));
-            }
-            SagaOutcome::NothingToDo => {
-                tracing::debug!(%order_id, %message_id, "message changed nothing (a duplicate, or a reply that no longer matters)");
-            }
-        }
-        Ok(outcome)
+        let outcome = self.store.transact(order_id, decision).await;
+        conclude(order_id, message_id, outcome, &observed)
     }
+
+    /// A reply: decided alone, or with its order's other reply when one of
+    /// them waits for the other (see `with_reply_hold`).
+    async fn reply(
+        &self,
+        order_id: OrderId,
+        message_id: Uuid,
+        input: Input,
+    ) -> Result<SagaOutcome, HandleError> {
+        if self.reply_hold.is_zero() {
+            return self.run(order_id, message_id, input).await;
+        }
+        let passed = matches!(
+            input,
+            Input::Reply {
+                outcome: StepOutcome::Passed,
+                ..
+            }
+        );
+        let (done, joined) = oneshot::channel();
+        let me = Partner {
+            input,
+            message_id,
+            done,
+        };
+        let mut partner = match self.pairing.arrive(order_id, message_id, passed, me) {
+            Arrival::Alone => return self.run(order_id, message_id, input).await,
+            Arrival::Joined => {
+                return joined.await.unwrap_or_else(|_| {
+                    Err(HandleError::Unavailable(format!(
+                        "the reply order {order_id}'s other reply waited for stopped; handling this one again"
+                    )))
+                });
+            }
+            Arrival::Wait(partner) => partner,
+        };
+        let partner = match tokio::time::timeout(self.reply_hold, &mut partner).await {
+            Ok(p) => p.ok(),
+            Err(_) if self.pairing.give_up(order_id, message_id) => None,
+            // It came just as the wait ended.
+            Err(_) => partner.await.ok(),
+        };
+        let Some(partner) = partner else {
+            return self.run(order_id, message_id, input).await;
+        };
+        let (first, first_seen) = observed_decision(input, self.policy);
+        let (second, second_seen) = observed_decision(partner.input, self.policy);
+        let mut outcomes = self
+            .store
+            .transact_all(order_id, vec![first, second])
+            .await
+            .into_iter();
+        let mut next = || {
+            outcomes.next().unwrap_or_else(|| {
+                Err(StoreError::Other(anyhow::anyhow!(
+                    "the store answered fewer decisions than it was given"
+                )))
+            })
+        };
+        let (mine, theirs) = (next(), next());
+        let theirs = conclude(order_id, partner.message_id, theirs, &second_seen);
+        let _ = partner.done.send(theirs);
+        conclude(order_id, message_id, mine, &first_seen)
+    }
+}
+
+/// What a decision's outcome means to the message that asked for it; the
+/// metrics learn of what was applied.
+fn conclude(
+    order_id: OrderId,
+    message_id: Uuid,
+    outcome: Result<SagaOutcome, StoreError>,
+    observed: &Observed,
+) -> Result<SagaOutcome, HandleError> {
+    let outcome = outcome?;
+    match outcome {
+        SagaOutcome::Applied => observed.record(),
+        SagaOutcome::UnknownOrder => {
+            return Err(HandleError::Poison(format!(
+                "order {order_id} does not exist"
+            )));
+        }
+        SagaOutcome::NothingToDo => {
+            tracing::debug!(%order_id, %message_id, "message changed nothing (a duplicate, or a reply that no longer matters)");
+        }
+    }
+    Ok(outcome)
 }
 
 #[async_trait::async_trait]
@@ -164,8 +268,9 @@ impl MessageHandler for Orchestrator {
                     attempt: p.attempt,
                     outcome: p.outcome(),
                     message_id: m.message_id,
+                    received_at: Utc::now(),
                 };
-                self.run(p.order_id, m.message_id, input).await?;
+                self.reply(p.order_id, m.message_id, input).await?;
             }
             Some(Topic::BalanceValidationReplies) => {
                 let m = message
@@ -177,8 +282,9 @@ impl MessageHandler for Orchestrator {
                     attempt: p.attempt,
                     outcome: p.outcome(),
                     message_id: m.message_id,
+                    received_at: Utc::now(),
                 };
-                self.run(p.order_id, m.message_id, input).await?;
+                self.reply(p.order_id, m.message_id, input).await?;
             }
             _ => {
                 return Err(HandleError::Poison(format!(
@@ -233,7 +339,10 @@ fn observed_decision(input: Input, policy: SagaPolicy) -> (SagaDecision, Observe
     let observed = Observed::default();
     let sink = observed.clone();
     let decision: SagaDecision = Box::new(move |ctx| {
-        let now = Utc::now();
+        let now = match input {
+            Input::Reply { received_at, .. } => received_at,
+            Input::Start | Input::Tick => Utc::now(),
+        };
         let write = decide(ctx, input, &policy, now)?;
         let mut o = sink.0.lock().unwrap_or_else(|e| e.into_inner());
         let secs =
@@ -477,6 +586,7 @@ mod tests {
             attempt: 1,
             outcome: StepOutcome::Failed(CancelReason::UserInvalid),
             message_id: Uuid::new_v4(),
+            received_at: Utc::now(),
         };
         let w = decide(&ctx(Some(saga)), input, &p, Utc::now()).unwrap();
         assert_eq!(
@@ -514,6 +624,7 @@ mod tests {
             attempt: 1,
             outcome: StepOutcome::Failed(CancelReason::UserInvalid),
             message_id: Uuid::new_v4(),
+            received_at: Utc::now(),
         };
         assert!(decide(&c, input, &p, Utc::now()).is_none());
     }
@@ -525,6 +636,7 @@ mod tests {
             attempt: 1,
             outcome: StepOutcome::Passed,
             message_id: Uuid::new_v4(),
+            received_at: Utc::now(),
         };
         assert!(decide(&ctx(None), input, &SagaPolicy::default(), Utc::now()).is_none());
     }
@@ -594,6 +706,120 @@ mod tests {
                 SagaEventKind::StatusChanged,
             ]
         );
+    }
+
+    /// Both replies of an order, the first waiting for the second: one
+    /// transaction decides both, and each message learns its own outcome.
+    #[tokio::test]
+    async fn a_passing_reply_waits_for_the_other_and_both_are_decided_together() {
+        use crate::application::orders::OrderService;
+        use crate::application::ports::fakes::{MemoryEvents, MemoryStore};
+
+        let store = Arc::new(MemoryStore::default());
+        let orders = OrderService::new(
+            store.clone(),
+            Arc::new(MemoryEvents::default()),
+            Duration::hours(1),
+        );
+        let orchestrator =
+            Orchestrator::new(store.clone(), SagaPolicy::default(), Duration::seconds(5))
+                .with_reply_hold(std::time::Duration::from_secs(30));
+        let place = async || {
+            let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
+            let id = orders.place(new, "c1", None).await.unwrap().order.id;
+            orchestrator
+                .run(id, Uuid::new_v4(), Input::Start)
+                .await
+                .unwrap();
+            id
+        };
+        let reply = |step, outcome| Input::Reply {
+            step,
+            attempt: 1,
+            outcome,
+            message_id: Uuid::new_v4(),
+            received_at: Utc::now(),
+        };
+        let handle = |id, input| {
+            let Input::Reply { message_id, .. } = input else {
+                unreachable!()
+            };
+            orchestrator.reply(id, message_id, input)
+        };
+
+        // Both pass: the first waits (however long the hold), the second joins it.
+        let id = place().await;
+        let before = store.transactions();
+        let (user, balance) = tokio::join!(
+            handle(id, reply(Step::User, StepOutcome::Passed)),
+            handle(id, reply(Step::Balance, StepOutcome::Passed)),
+        );
+        assert_eq!(
+            (user.unwrap(), balance.unwrap()),
+            (SagaOutcome::Applied, SagaOutcome::Applied)
+        );
+        assert_eq!(store.transactions() - before, 1, "one transaction for both");
+        assert_eq!(store.order(id).unwrap().0.status, OrderStatus::Approved);
+
+        // A failed reply may settle the order: it never waits.
+        let id = place().await;
+        let before = store.transactions();
+        let failed = reply(Step::User, StepOutcome::Failed(CancelReason::UserInvalid));
+        assert_eq!(handle(id, failed).await.unwrap(), SagaOutcome::Applied);
+        assert_eq!(store.transactions() - before, 1);
+        assert_eq!(store.order(id).unwrap().0.status, OrderStatus::Canceled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_whose_partner_does_not_come_goes_alone_after_the_hold() {
+        use crate::application::orders::OrderService;
+        use crate::application::ports::fakes::{MemoryEvents, MemoryStore};
+
+        let store = Arc::new(MemoryStore::default());
+        let orders = OrderService::new(
+            store.clone(),
+            Arc::new(MemoryEvents::default()),
+            Duration::hours(1),
+        );
+        let hold = std::time::Duration::from_millis(10);
+        let orchestrator =
+            Orchestrator::new(store.clone(), SagaPolicy::default(), Duration::seconds(5))
+                .with_reply_hold(hold);
+        let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
+        let id = orders.place(new, "c1", None).await.unwrap().order.id;
+        orchestrator
+            .run(id, Uuid::new_v4(), Input::Start)
+            .await
+            .unwrap();
+        let reply = |step| Input::Reply {
+            step,
+            attempt: 1,
+            outcome: StepOutcome::Passed,
+            message_id: Uuid::new_v4(),
+            received_at: Utc::now(),
+        };
+        let started = tokio::time::Instant::now();
+        let first = reply(Step::User);
+        let Input::Reply { message_id, .. } = first else {
+            unreachable!()
+        };
+        assert_eq!(
+            orchestrator.reply(id, message_id, first).await.unwrap(),
+            SagaOutcome::Applied
+        );
+        assert_eq!(started.elapsed(), hold, "it waited the hold, no more");
+        // The other reply, late, goes at once: its partner is gone.
+        let started = tokio::time::Instant::now();
+        let second = reply(Step::Balance);
+        let Input::Reply { message_id, .. } = second else {
+            unreachable!()
+        };
+        assert_eq!(
+            orchestrator.reply(id, message_id, second).await.unwrap(),
+            SagaOutcome::Applied
+        );
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+        assert_eq!(store.order(id).unwrap().0.status, OrderStatus::Approved);
     }
 
     /// A saga store that only counts: `due` hands out `backlog` orders, at

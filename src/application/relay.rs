@@ -4,13 +4,18 @@
 //!
 //! The log is append-only: a relay never deletes or marks rows. It follows a
 //! feed from a position kept in memory, moved once the broker (or the event
-//! log) has what it read, and records that position in the store when it has
-//! caught up (at most every `CHECKPOINT`) and whenever it renews its lease
-//! (every third of it): under load, one write for many batches. One relay at
+//! log) has what it read, and records that position in the store when it
+//! renews its lease (every third of it) and at shutdown: one write a second
+//! or so per feed, however many rows go. One relay at
 //! a time holds a feed; relays in other processes wait, and take over when a
 //! holder's lease ends (its process died), from the recorded position. What
 //! was sent after it goes again: the consumers drop messages they have seen
 //! (by the saga's state) and the event log drops event ids it has.
+//!
+//! A read finds only rows of transactions older than every one still running
+//! (see `SagaLog`); when committed rows wait behind such a transaction, the
+//! relay reads again a millisecond or so later (doubling while they wait),
+//! instead of waiting for the next commit's wake-up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +24,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::ports::{EventLog, Feed, LogPosition, LogRow, MessagePublisher, RelayError, SagaLog};
+use super::ports::{
+    EventLog, Feed, LogBatch, LogPosition, LogRow, MessagePublisher, RelayError, SagaLog,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RelaySettings {
@@ -55,8 +62,10 @@ impl Default for RelaySettings {
     }
 }
 
-/// Least time between two records of a feed's position while it is caught up.
-const CHECKPOINT: Duration = Duration::from_millis(100);
+/// First pause before reading again rows the horizon held back; it doubles
+/// while they stay held, up to `HELD_BACK_MAX` (or the idle poll).
+const HELD_BACK_FIRST: Duration = Duration::from_millis(1);
+const HELD_BACK_MAX: Duration = Duration::from_millis(64);
 
 pub struct Relay {
     log: Arc<dyn SagaLog>,
@@ -69,12 +78,11 @@ pub struct Relay {
     feeds: Mutex<HashMap<Feed, Following>>,
 }
 
-/// A feed this relay holds: how far it has relayed, how far the store knows,
-/// and when it last renewed its lease.
+/// A feed this relay holds: how far it has relayed, and when it last
+/// renewed its lease (and recorded its position).
 #[derive(Debug, Clone, Copy)]
 struct Following {
     position: LogPosition,
-    recorded: LogPosition,
     claimed: Instant,
 }
 
@@ -83,8 +91,14 @@ struct Following {
 pub enum Pass {
     /// Another relay holds the feed.
     Held,
-    /// Rows read and relayed (messages or events among them), the position moved past them.
-    Relayed { rows: usize, sent: usize },
+    /// Rows read and relayed (messages or events among them), the position
+    /// moved past them; `held_back`: committed rows wait behind a running
+    /// transaction.
+    Relayed {
+        rows: usize,
+        sent: usize,
+        held_back: bool,
+    },
 }
 
 impl Relay {
@@ -110,7 +124,7 @@ impl Relay {
         let Some(mut f) = self.hold(feed).await? else {
             return Ok(Pass::Held);
         };
-        let rows = self
+        let LogBatch { rows, held_back } = self
             .log
             .read_log(feed, f.position, self.settings.batch_size)
             .await?;
@@ -127,13 +141,10 @@ impl Relay {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(feed, f);
-        let caught_up = (rows.len() as u32) < self.settings.batch_size;
-        if caught_up && f.position != f.recorded && f.claimed.elapsed() >= CHECKPOINT {
-            self.record(feed).await?;
-        }
         Ok(Pass::Relayed {
             rows: rows.len(),
             sent,
+            held_back,
         })
     }
 
@@ -176,7 +187,6 @@ impl Relay {
             Ok(Some(stored)) => {
                 let f = Following {
                     position: known.map_or(stored, |k| k.position),
-                    recorded: stored,
                     claimed,
                 };
                 feeds.insert(feed, f);
@@ -251,11 +261,18 @@ impl Relay {
         self.checkpoint().await;
     }
 
-    /// Keeps the backlog gauges current; a failed count leaves the last value.
+    /// Keeps the backlog gauges current (after this relay's position in a
+    /// feed it holds, else the recorded one); a failed count leaves the last value.
     async fn backlog_loop(&self, shutdown: CancellationToken) {
         loop {
             for feed in Feed::ALL {
-                match self.log.backlog(feed).await {
+                let position = self
+                    .feeds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&feed)
+                    .map(|f| f.position);
+                match self.log.backlog(feed, position).await {
                     Ok(n) => {
                         metrics::gauge!(crate::metrics::OUTBOX_BACKLOG, "kind" => feed.as_str())
                             .set(n as f64)
@@ -274,9 +291,14 @@ impl Relay {
 
     async fn follow(&self, feed: Feed, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
+        let mut held_pause = HELD_BACK_FIRST;
         loop {
             match self.pass(feed).await {
-                Ok(Pass::Relayed { rows, sent }) => {
+                Ok(Pass::Relayed {
+                    rows,
+                    sent,
+                    held_back,
+                }) => {
                     metrics::counter!(crate::metrics::OUTBOX_RELAYED, "kind" => feed.as_str())
                         .increment(sent as u64);
                     backoff = Duration::from_millis(50);
@@ -293,10 +315,19 @@ impl Relay {
                         Feed::Messages => Duration::ZERO,
                         Feed::Events => self.settings.events_gather,
                     };
+                    // Rows held back by a running transaction: look again soon.
+                    let wait = if held_back {
+                        let pause = held_pause.min(self.settings.idle_poll);
+                        held_pause = (held_pause * 2).min(HELD_BACK_MAX);
+                        pause
+                    } else {
+                        held_pause = HELD_BACK_FIRST;
+                        self.settings.idle_poll
+                    };
                     tokio::select! {
                         _ = async {
                             tokio::time::sleep(gather).await;
-                            self.log.wait_for_work(feed, self.settings.idle_poll).await
+                            self.log.wait_for_work(feed, wait).await
                         } => {}
                         _ = shutdown.cancelled() => {}
                     }
@@ -358,20 +389,38 @@ mod tests {
         // Two rows a batch: the first holds one message, the second the other.
         assert_eq!(
             relay.pass(Feed::Messages).await.unwrap(),
-            Pass::Relayed { rows: 2, sent: 1 }
+            Pass::Relayed {
+                rows: 2,
+                sent: 1,
+                held_back: false
+            }
         );
         assert_eq!(
             relay.pass(Feed::Messages).await.unwrap(),
-            Pass::Relayed { rows: 1, sent: 1 }
+            Pass::Relayed {
+                rows: 1,
+                sent: 1,
+                held_back: false
+            }
         );
         assert_eq!(
             relay.pass(Feed::Messages).await.unwrap(),
-            Pass::Relayed { rows: 0, sent: 0 }
+            Pass::Relayed {
+                rows: 0,
+                sent: 0,
+                held_back: false
+            }
         );
         assert_eq!(broker.sent.lock().unwrap().len(), 2);
         // The events feed has its own position: every row is an event.
         assert_eq!(log.position(Feed::Events), LogPosition(0, 0));
-        while relay.pass(Feed::Events).await.unwrap() != (Pass::Relayed { rows: 0, sent: 0 }) {}
+        while relay.pass(Feed::Events).await.unwrap()
+            != (Pass::Relayed {
+                rows: 0,
+                sent: 0,
+                held_back: false,
+            })
+        {}
         assert_eq!(events.events.lock().unwrap().len(), 3);
         // Recorded when due (caught up, a moment after the last record), and at shutdown.
         relay.checkpoint().await;
@@ -396,7 +445,11 @@ mod tests {
             .store(false, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(
             relay.pass(Feed::Messages).await.unwrap(),
-            Pass::Relayed { rows: 1, sent: 1 }
+            Pass::Relayed {
+                rows: 1,
+                sent: 1,
+                held_back: false
+            }
         );
         assert_eq!(broker.sent.lock().unwrap().len(), 1);
     }

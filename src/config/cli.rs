@@ -326,6 +326,11 @@ pub struct SagaArgs {
     /// How often the orchestrator looks for due deadlines, in ms.
     #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     pub sweep_interval_ms: u64,
+    /// How long a validation reply that passed waits for its order's other reply, in ms, so
+    /// both are written in one transaction (0: never wait). It delays no settlement: an order
+    /// settles on its last reply. Not used with CONSUMER_LANE_DEPTH=1.
+    #[arg(long, env = "SAGA_REPLY_HOLD_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub saga_reply_hold_ms: u64,
     /// A PROCESSING order whose saga has not started after this long is started by the sweeper, in ms.
     #[arg(long, env = "SAGA_START_GRACE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub saga_start_grace_ms: u64,

@@ -285,6 +285,7 @@ impl SagaArgs {
     pub(super) fn apply(&self, s: &mut Settings) {
         s.saga = self.policy();
         s.sweep_interval = ms(self.sweep_interval_ms);
+        s.reply_hold = ms(self.saga_reply_hold_ms);
         s.start_grace = chrono::Duration::milliseconds(self.saga_start_grace_ms as i64);
         s.log_retention = chrono::Duration::hours(self.saga_log_retention_hours.into());
     }

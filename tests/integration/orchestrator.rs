@@ -8,14 +8,14 @@ use std::time::Duration;
 use axum::routing::get;
 use ordersaga::adapters::user_api::{HttpUserDirectory, UserApiSettings};
 use ordersaga::application::messages::{
-    InboundMessage, MessageType, OrderCreated, OutboundMessage, Topic, UserValidated, UserVerdict,
-    ValidateUser,
+    BalanceValidated, BalanceVerdict, InboundMessage, MessageType, OrderCreated, OutboundMessage,
+    Topic, UserValidated, UserVerdict, ValidateUser,
 };
 use ordersaga::application::orchestrator::Orchestrator;
 use ordersaga::application::orders::OrderService;
 use ordersaga::application::ports::{MessageHandler, MessagePublisher};
 use ordersaga::application::validators::UserValidator;
-use ordersaga::domain::{NewOrder, OrderId, SagaPolicy, UserId};
+use ordersaga::domain::{Money, NewOrder, OrderId, SagaPolicy, UserId};
 use uuid::Uuid;
 
 use crate::common::{TestDb, fakes};
@@ -102,6 +102,70 @@ async fn a_redelivered_order_created_starts_the_saga_once() {
             .await
             .unwrap();
     assert_eq!(commands, 2, "one command per step");
+}
+
+/// With a reply hold, an order's two replies handled at once are decided in
+/// one transaction: both `reply_received` entries and the settlement share a
+/// txid.
+#[tokio::test]
+async fn both_replies_of_an_order_are_written_in_one_transaction() {
+    let db = TestDb::new().await;
+    let orchestrator = Orchestrator::new(
+        Arc::new(db.store.clone()),
+        SagaPolicy::default(),
+        chrono::Duration::seconds(60),
+    )
+    .with_reply_hold(Duration::from_secs(30));
+    let (order, created) = placed_order(&db).await;
+    orchestrator.handle(&delivered(&created)).await.unwrap();
+    let balance = OutboundMessage::new(
+        Uuid::new_v4(),
+        Topic::BalanceValidationReplies,
+        order,
+        MessageType::BalanceValidated,
+        "c",
+        &BalanceValidated {
+            order_id: order,
+            attempt: 1,
+            result: BalanceVerdict::WithinLimit,
+            limit: Money::parse("10000").unwrap(),
+        },
+    );
+    let (balance, user) = (
+        delivered(&balance),
+        delivered(&reply(order, UserVerdict::Valid)),
+    );
+    let (a, b) = tokio::join!(orchestrator.handle(&balance), orchestrator.handle(&user));
+    a.unwrap();
+    b.unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(order.0)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "APPROVED");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM saga_log WHERE order_id = $1
+               AND event_type IN ('reply_received', 'status_changed')",
+            order
+        )
+        .await,
+        3,
+        "both replies and the settlement are logged"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT txid) FROM saga_log WHERE order_id = $1
+               AND event_type IN ('reply_received', 'status_changed')",
+            order
+        )
+        .await,
+        1,
+        "in one transaction"
+    );
 }
 
 #[tokio::test]

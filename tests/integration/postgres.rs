@@ -653,7 +653,7 @@ async fn drain(relay: &Relay, store: &PgStore, feed: Feed) -> usize {
     let mut sent = 0;
     loop {
         match relay.pass(feed).await.unwrap() {
-            Pass::Relayed { rows, sent: n } if rows > 0 => sent += n,
+            Pass::Relayed { rows, sent: n, .. } if rows > 0 => sent += n,
             _ if rows_after(store, feed).await == 0 => return sent,
             _ => {
                 assert!(std::time::Instant::now() < deadline, "{feed:?} not drained");
@@ -680,19 +680,19 @@ async fn a_feed_moves_past_messages_only_once_the_broker_has_them() {
     })
     .await;
     assert_eq!(
-        db.store.backlog(Feed::Messages).await.unwrap(),
+        db.store.backlog(Feed::Messages, None).await.unwrap(),
         3,
         "kept while the broker is down"
     );
     down.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(drain(&relay, &db.store, Feed::Messages).await, 3);
-    assert_eq!(db.store.backlog(Feed::Messages).await.unwrap(), 0);
+    assert_eq!(db.store.backlog(Feed::Messages, None).await.unwrap(), 0);
     let sent = down.sent();
     assert!(sent.iter().all(|m| m.topic == Topic::OrdersCreated));
     // The log itself is never changed by relaying: three rows, still there.
     assert_eq!(count(&db, "SELECT count(*) FROM saga_log").await, 3);
     // The events feed has a position of its own: its three events still wait.
-    assert_eq!(db.store.backlog(Feed::Events).await.unwrap(), 3);
+    assert_eq!(db.store.backlog(Feed::Events, None).await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -711,13 +711,13 @@ async fn events_go_to_the_event_log_once_it_took_them() {
         || async { relay.pass(Feed::Events).await.is_err().then_some(()) },
     )
     .await;
-    assert_eq!(db.store.backlog(Feed::Events).await.unwrap(), 1);
+    assert_eq!(db.store.backlog(Feed::Events, None).await.unwrap(), 1);
     log.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(drain(&relay, &db.store, Feed::Events).await, 1);
     let logged = log.events.lock().unwrap().clone();
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0].order_id, order.id);
-    assert_eq!(db.store.backlog(Feed::Events).await.unwrap(), 0);
+    assert_eq!(db.store.backlog(Feed::Events, None).await.unwrap(), 0);
 }
 
 /// The point of reading in (txid, seq) order under the snapshot's horizon: a
@@ -754,8 +754,12 @@ async fn a_row_that_commits_after_a_later_one_is_never_skipped() {
     let relay = relay_on(&db.store, &publisher, &log, Duration::from_secs(3));
     assert_eq!(
         relay.pass(Feed::Events).await.unwrap(),
-        Pass::Relayed { rows: 0, sent: 0 },
-        "nothing is read past a transaction still running"
+        Pass::Relayed {
+            rows: 0,
+            sent: 0,
+            held_back: true
+        },
+        "nothing is read past a transaction still running, and the read says a row waits"
     );
     slow.commit().await.unwrap();
     assert_eq!(drain(&relay, &db.store, Feed::Events).await, 2);

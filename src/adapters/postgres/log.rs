@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::application::messages::{MessageType, OutboundMessage, Topic};
-use crate::application::ports::{EventRecord, Feed, LogPosition, LogRow, SagaLog, StoreError};
+use crate::application::ports::{
+    EventRecord, Feed, LogBatch, LogPosition, LogRow, SagaLog, StoreError,
+};
 use crate::domain::OrderId;
 
 use super::{PgStore, classify, corrupt};
@@ -36,8 +38,13 @@ const CLAIM_SQL: &str = "UPDATE relay_feeds
 /// Up to `$3` rows after (`$1`, `$2`) that every writer has finished with.
 /// Every row goes through both feeds, each taking its part (`$4`: the events,
 /// else the messages), so both positions move over the whole log and the
-/// trim can go up to the slower one.
-const READ_SQL: &str = "SELECT txid::text AS txid, seq, order_id, occurred_at,
+/// trim can go up to the slower one. A last row with only `held` set tells
+/// that committed rows wait at or past the horizon (the position read from
+/// is always below it: it was read under an earlier, never later, horizon).
+const READ_SQL: &str = "WITH horizon AS MATERIALIZED (
+         SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+     )
+     (SELECT txid::text AS txid, seq, order_id, occurred_at,
             CASE WHEN $4 THEN event_id END AS event_id,
             CASE WHEN $4 THEN event_type END AS event_type,
             CASE WHEN $4 THEN payload END AS payload,
@@ -45,11 +52,15 @@ const READ_SQL: &str = "SELECT txid::text AS txid, seq, order_id, occurred_at,
             CASE WHEN NOT $4 THEN topic END AS topic,
             CASE WHEN NOT $4 THEN message_type END AS message_type,
             CASE WHEN NOT $4 THEN correlation_id END AS correlation_id,
-            CASE WHEN NOT $4 THEN message END AS message
-       FROM saga_log
-      WHERE (txid, seq) > ($1::text::xid8, $2)
-        AND txid < pg_snapshot_xmin(pg_current_snapshot())
-      ORDER BY txid, seq LIMIT $3";
+            CASE WHEN NOT $4 THEN message END AS message,
+            false AS held
+       FROM saga_log, horizon
+      WHERE (txid, seq) > ($1::text::xid8, $2) AND txid < horizon.xmin
+      ORDER BY txid, seq LIMIT $3)
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
+       FROM horizon
+      WHERE EXISTS (SELECT 1 FROM saga_log l WHERE l.txid >= horizon.xmin)";
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -65,6 +76,7 @@ struct Row {
     message_type: Option<String>,
     correlation_id: Option<String>,
     message: Option<serde_json::Value>,
+    held: bool,
 }
 
 fn txid(text: &str) -> Result<u64, StoreError> {
@@ -72,7 +84,7 @@ fn txid(text: &str) -> Result<u64, StoreError> {
 }
 
 impl Row {
-    /// The row, or `None` for the held feed's placeholder when nothing is new.
+    /// The row, or `None` for the row that says rows are held back.
     fn into_log_row(self) -> Result<Option<LogRow>, StoreError> {
         let (Some(txid_text), Some(seq), Some(order_id), Some(at)) =
             (self.txid, self.seq, self.order_id, self.occurred_at)
@@ -175,7 +187,7 @@ impl SagaLog for PgStore {
         feed: Feed,
         after: LogPosition,
         limit: u32,
-    ) -> Result<Vec<LogRow>, StoreError> {
+    ) -> Result<LogBatch, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(READ_SQL)
             .bind(after.0.to_string())
             .bind(after.1)
@@ -184,13 +196,20 @@ impl SagaLog for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut batch = LogBatch {
+            rows: Vec::with_capacity(rows.len()),
+            held_back: false,
+        };
         for row in rows {
+            batch.held_back |= row.held;
             if let Some(r) = row.into_log_row()? {
-                out.push(r);
+                batch.rows.push(r);
             }
         }
-        Ok(out)
+        // (UNION ALL keeps its branches' order, but the relays' positions
+        // must not depend on a plan.)
+        batch.rows.sort_by_key(|r| r.position);
+        Ok(batch)
     }
 
     async fn wait_for_work(&self, feed: Feed, timeout: Duration) {
@@ -201,14 +220,17 @@ impl SagaLog for PgStore {
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
     }
 
-    async fn backlog(&self, feed: Feed) -> Result<u64, StoreError> {
+    async fn backlog(&self, feed: Feed, after: Option<LogPosition>) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM saga_log l, relay_feeds f
-              WHERE f.feed = $1 AND (l.txid, l.seq) > (f.after_txid, f.after_seq)
+              WHERE f.feed = $1
+                AND (l.txid, l.seq) > (coalesce($3::text::xid8, f.after_txid), coalesce($4, f.after_seq))
                 AND ($2 OR l.message_id IS NOT NULL)",
         )
         .bind(feed.as_str())
         .bind(feed == Feed::Events)
+        .bind(after.map(|p| p.0.to_string()))
+        .bind(after.map(|p| p.1))
         .fetch_one(&self.pool)
         .await
         .map_err(classify)?;

@@ -7,8 +7,9 @@
 //! `saga_batch_max`) and apply them in one transaction of four round trips
 //! (begin, lock and read the orders, write, commit), whatever their number.
 //! Several decisions about one order in a batch (both replies arrived
-//! together, say) run one after the other on the state the one before left,
-//! and the order is written once. A decision that fails (an unreadable row,
+//! together, or were handed in together by `transact_all`) run one after the
+//! other on the state the one before left, and the order is written once.
+//! `transact_all`'s decisions are one job, so one batch. A decision that fails (an unreadable row,
 //! a panic) fails alone; if the write fails, the decisions are retried one by
 //! one, so one bad decision cannot fail the others.
 
@@ -68,11 +69,31 @@ const WRITE_SQL: &str = "WITH updated AS (
      )
      SELECT count(*), count(*) FILTER (WHERE settled) FROM updated";
 
-/// One queued decision and where its outcome goes.
+/// Queued decisions about one order (taken in order, in one transaction),
+/// and where their outcomes go.
 struct Job {
     order_id: OrderId,
-    decide: SagaDecision,
-    done: oneshot::Sender<Result<SagaOutcome, StoreError>>,
+    decisions: Vec<SagaDecision>,
+    done: oneshot::Sender<Vec<Result<SagaOutcome, StoreError>>>,
+}
+
+/// Each of `job`'s decisions failed with `e`.
+fn failed(job: &Job, e: impl Fn() -> StoreError) -> Vec<Result<SagaOutcome, StoreError>> {
+    job.decisions.iter().map(|_| Err(e())).collect()
+}
+
+/// `job`'s transaction failed with `e`: its first decision gets `e`, any
+/// other the same message.
+fn spread(job: &Job, e: StoreError) -> Vec<Result<SagaOutcome, StoreError>> {
+    let detail = e.to_string();
+    let mut outcomes = vec![Err(e)];
+    outcomes.extend(
+        job.decisions
+            .iter()
+            .skip(1)
+            .map(|_| Err(StoreError::Other(anyhow::anyhow!("{detail}")))),
+    );
+    outcomes
 }
 
 /// The decisions waiting for a writer. The writers start with the first
@@ -108,14 +129,16 @@ impl SagaQueue {
         match self.queue.submit(job, start) {
             Ok(()) => {}
             Err(NotQueued::Full(job)) => {
-                let _ = job.done.send(Err(StoreError::Overloaded(
-                    "too many saga decisions waiting for a writer".into(),
-                )));
+                let outcomes = failed(&job, || {
+                    StoreError::Overloaded("too many saga decisions waiting for a writer".into())
+                });
+                let _ = job.done.send(outcomes);
             }
             Err(NotQueued::Stopped(job)) => {
-                let _ = job.done.send(Err(StoreError::Other(anyhow::anyhow!(
-                    "the saga writers have stopped"
-                ))));
+                let outcomes = failed(&job, || {
+                    StoreError::Other(anyhow::anyhow!("the saga writers have stopped"))
+                });
+                let _ = job.done.send(outcomes);
             }
         }
     }
@@ -137,24 +160,25 @@ impl Writer {
     /// Applies a batch and answers each job; if the transaction fails as a
     /// whole, the decisions are retried one by one.
     async fn apply(&self, batch: Vec<Job>) {
-        metrics::histogram!(crate::metrics::SAGA_BATCH_SIZE).record(batch.len() as f64);
+        let decisions: usize = batch.iter().map(|j| j.decisions.len()).sum();
+        metrics::histogram!(crate::metrics::SAGA_BATCH_SIZE).record(decisions as f64);
         let jobs: Vec<&Job> = batch.iter().collect();
         let outcomes = match self.transact(&jobs).await {
             Ok(outcomes) => outcomes,
             Err(e @ StoreError::Unavailable(_)) => {
                 let detail = e.to_string();
                 jobs.iter()
-                    .map(|_| Err(StoreError::Unavailable(detail.clone())))
+                    .map(|job| failed(job, || StoreError::Unavailable(detail.clone())))
                     .collect()
             }
-            Err(e) if jobs.len() == 1 => vec![Err(e)],
+            Err(e) if jobs.len() == 1 => vec![spread(jobs[0], e)],
             Err(e) => {
-                tracing::debug!(error = %e, decisions = jobs.len(), "saga batch failed; applying its decisions one by one");
+                tracing::debug!(error = %e, jobs = jobs.len(), "saga batch failed; applying its jobs one by one");
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for job in &jobs {
                     outcomes.push(match self.transact(&[job]).await {
                         Ok(mut one) => one.remove(0),
-                        Err(e) => Err(e),
+                        Err(e) => spread(job, e),
                     });
                 }
                 outcomes
@@ -169,12 +193,12 @@ impl Writer {
     /// One transaction for `jobs`: locks their orders, runs each decision on
     /// its order's current state (in the batch's order, so a second decision
     /// about an order sees what the first decided), and writes each order
-    /// once with every entry. Each job's outcome comes back in order; an
+    /// once with every entry. Each job's outcomes come back in order; an
     /// error of the transaction fails them all.
     async fn transact(
         &self,
         jobs: &[&Job],
-    ) -> Result<Vec<Result<SagaOutcome, StoreError>>, StoreError> {
+    ) -> Result<Vec<Vec<Result<SagaOutcome, StoreError>>>, StoreError> {
         let mut ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id.0).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -191,12 +215,23 @@ impl Writer {
 
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let outcome = match current.get_mut(&job.order_id.0) {
-                None => Ok(SagaOutcome::UnknownOrder),
-                Some(Err(unreadable)) => Err(StoreError::Other(anyhow::anyhow!("{unreadable}"))),
-                Some(Ok(c)) => c.decide(job),
+            let order = current.get_mut(&job.order_id.0);
+            let decided = match order {
+                None => job
+                    .decisions
+                    .iter()
+                    .map(|_| Ok(SagaOutcome::UnknownOrder))
+                    .collect(),
+                Some(Err(unreadable)) => {
+                    failed(job, || StoreError::Other(anyhow::anyhow!("{unreadable}")))
+                }
+                Some(Ok(c)) => job
+                    .decisions
+                    .iter()
+                    .map(|decide| c.decide(job.order_id, decide))
+                    .collect(),
             };
-            outcomes.push(outcome);
+            outcomes.push(decided);
         }
         let writes: Vec<(OrderId, SagaWrite)> = current
             .into_values()
@@ -249,17 +284,19 @@ impl Current {
         })
     }
 
-    /// Runs a job's decision on the order as the decisions before it left it.
-    /// A decision that panics fails its job only.
-    fn decide(&mut self, job: &Job) -> Result<SagaOutcome, StoreError> {
-        let decided =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.decide)(&self.ctx)))
-                .map_err(|_| {
-                    StoreError::Other(anyhow::anyhow!(
-                        "the saga decision for order {} panicked",
-                        job.order_id
-                    ))
-                })?;
+    /// Runs a decision on the order as the decisions before it left it.
+    /// A decision that panics fails alone.
+    fn decide(
+        &mut self,
+        order_id: OrderId,
+        decide: &SagaDecision,
+    ) -> Result<SagaOutcome, StoreError> {
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(&self.ctx)))
+            .map_err(|_| {
+                StoreError::Other(anyhow::anyhow!(
+                    "the saga decision for order {order_id} panicked"
+                ))
+            })?;
         let Some(w) = decided else {
             return Ok(SagaOutcome::NothingToDo);
         };
@@ -338,17 +375,33 @@ impl SagaStore for PgStore {
         order_id: OrderId,
         decide: SagaDecision,
     ) -> Result<SagaOutcome, StoreError> {
+        self.transact_all(order_id, vec![decide])
+            .await
+            .pop()
+            .expect("one outcome per decision")
+    }
+
+    async fn transact_all(
+        &self,
+        order_id: OrderId,
+        decisions: Vec<SagaDecision>,
+    ) -> Vec<Result<SagaOutcome, StoreError>> {
+        let n = decisions.len();
         let (done, outcome) = oneshot::channel();
         let job = Job {
             order_id,
-            decide,
+            decisions,
             done,
         };
         self.sagas.submit(&self.pool, &self.wake, job);
         outcome.await.unwrap_or_else(|_| {
-            Err(StoreError::Other(anyhow::anyhow!(
-                "the saga writer stopped before deciding on order {order_id}"
-            )))
+            (0..n)
+                .map(|_| {
+                    Err(StoreError::Other(anyhow::anyhow!(
+                        "the saga writer stopped before deciding on order {order_id}"
+                    )))
+                })
+                .collect()
         })
     }
 

@@ -30,6 +30,8 @@ struct Stored {
     orders: Vec<(Order, String, Option<Saga>)>,
     keys: HashMap<String, (crate::domain::NewOrder, OrderId)>,
     log: Vec<LogEntry>,
+    /// Saga transactions taken (`transact` and `transact_all` calls).
+    transactions: usize,
 }
 
 impl MemoryStore {
@@ -38,6 +40,11 @@ impl MemoryStore {
             return Err(StoreError::Unavailable("down".into()));
         }
         Ok(())
+    }
+
+    /// Saga transactions taken so far: one per `transact` or `transact_all`.
+    pub fn transactions(&self) -> usize {
+        self.state.lock().unwrap().transactions
     }
 
     /// Every entry written, in order.
@@ -144,19 +151,17 @@ impl OrderStore for MemoryStore {
     }
 }
 
-#[async_trait]
-impl SagaStore for MemoryStore {
-    async fn transact(
-        &self,
+impl Stored {
+    /// Runs a decision on an order and applies what it writes.
+    fn decide(
+        &mut self,
         order_id: OrderId,
-        decide: SagaDecision,
+        decide: &SagaDecision,
     ) -> Result<SagaOutcome, StoreError> {
-        self.up()?;
-        let mut state = self.state.lock().unwrap();
-        let Some(i) = state.orders.iter().position(|(o, _, _)| o.id == order_id) else {
+        let Some(i) = self.orders.iter().position(|(o, _, _)| o.id == order_id) else {
             return Ok(SagaOutcome::UnknownOrder);
         };
-        let (order, correlation_id, saga) = state.orders[i].clone();
+        let (order, correlation_id, saga) = self.orders[i].clone();
         let ctx = SagaContext {
             order,
             correlation_id,
@@ -165,7 +170,7 @@ impl SagaStore for MemoryStore {
         let Some(write) = decide(&ctx) else {
             return Ok(SagaOutcome::NothingToDo);
         };
-        let stored = &mut state.orders[i];
+        let stored = &mut self.orders[i];
         if let Some(settlement) = write.settle {
             if !stored.0.status.can_become(settlement.status()) {
                 return Err(StoreError::Other(anyhow::anyhow!(
@@ -178,8 +183,42 @@ impl SagaStore for MemoryStore {
             stored.0.cancel_reason = settlement.cancel_reason();
         }
         stored.2 = Some(write.saga);
-        state.log.extend(write.entries);
+        self.log.extend(write.entries);
         Ok(SagaOutcome::Applied)
+    }
+}
+
+#[async_trait]
+impl SagaStore for MemoryStore {
+    async fn transact(
+        &self,
+        order_id: OrderId,
+        decide: SagaDecision,
+    ) -> Result<SagaOutcome, StoreError> {
+        self.up()?;
+        let mut state = self.state.lock().unwrap();
+        state.transactions += 1;
+        state.decide(order_id, &decide)
+    }
+
+    async fn transact_all(
+        &self,
+        order_id: OrderId,
+        decisions: Vec<SagaDecision>,
+    ) -> Vec<Result<SagaOutcome, StoreError>> {
+        if let Err(e) = self.up() {
+            let detail = e.to_string();
+            return decisions
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(detail.clone())))
+                .collect();
+        }
+        let mut state = self.state.lock().unwrap();
+        state.transactions += 1;
+        decisions
+            .iter()
+            .map(|decide| state.decide(order_id, decide))
+            .collect()
     }
 
     async fn due(
@@ -284,8 +323,8 @@ impl SagaLog for MemoryLog {
         _feed: Feed,
         after: LogPosition,
         limit: u32,
-    ) -> Result<Vec<LogRow>, StoreError> {
-        Ok(self
+    ) -> Result<LogBatch, StoreError> {
+        let rows = self
             .rows
             .lock()
             .unwrap()
@@ -293,12 +332,16 @@ impl SagaLog for MemoryLog {
             .filter(|r| r.position > after)
             .take(limit as usize)
             .cloned()
-            .collect())
+            .collect();
+        Ok(LogBatch {
+            rows,
+            held_back: false,
+        })
     }
 
     async fn wait_for_work(&self, _feed: Feed, _timeout: Duration) {}
 
-    async fn backlog(&self, _feed: Feed) -> Result<u64, StoreError> {
+    async fn backlog(&self, _feed: Feed, _after: Option<LogPosition>) -> Result<u64, StoreError> {
         Ok(0)
     }
 }

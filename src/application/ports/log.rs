@@ -43,6 +43,16 @@ pub struct LogRow {
     pub message: Option<OutboundMessage>,
 }
 
+/// What one read of the log found.
+#[derive(Debug, Clone, Default)]
+pub struct LogBatch {
+    pub rows: Vec<LogRow>,
+    /// Rows that have committed wait after these, held back until a
+    /// transaction older than them ends (the writers' commits interleave):
+    /// worth reading again in a moment rather than waiting for a wake-up.
+    pub held_back: bool,
+}
+
 /// The relay's side of the saga log: plain reads, and a position and a
 /// holder per feed. Only one relay at a time holds a feed (for a lease it
 /// renews); the rows it reads are those every writer has committed, in an
@@ -72,15 +82,16 @@ pub trait SagaLog: Send + Sync {
         feed: Feed,
         after: LogPosition,
         limit: u32,
-    ) -> Result<Vec<LogRow>, StoreError>;
+    ) -> Result<LogBatch, StoreError>;
     /// Waits until new rows may be in the log, or `timeout` passes. Never
     /// fails: when the store cannot tell, it waits for the timeout.
     async fn wait_for_work(&self, feed: Feed, timeout: Duration);
-    /// How many rows of the feed wait after its recorded position.
+    /// How many rows of the feed wait after `after`, or after its recorded
+    /// position when `None`.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot be reached.
-    async fn backlog(&self, feed: Feed) -> Result<u64, StoreError>;
+    async fn backlog(&self, feed: Feed, after: Option<LogPosition>) -> Result<u64, StoreError>;
 }
 
 /// A recorded saga event: one document of the event log.

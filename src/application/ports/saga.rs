@@ -123,6 +123,27 @@ pub trait SagaStore: Send + Sync {
         decide: SagaDecision,
     ) -> Result<SagaOutcome, StoreError>;
 
+    /// Runs `decisions` about one order one after the other, each on the
+    /// state the one before left, in one transaction, and writes the order
+    /// once (both replies of an order, say). Each decision's outcome, in order.
+    ///
+    /// The default takes them one transaction each; a store that can do
+    /// better should.
+    ///
+    /// # Errors
+    /// As [`SagaStore::transact`], for each decision.
+    async fn transact_all(
+        &self,
+        order_id: OrderId,
+        decisions: Vec<SagaDecision>,
+    ) -> Vec<Result<SagaOutcome, StoreError>> {
+        let mut outcomes = Vec::with_capacity(decisions.len());
+        for decide in decisions {
+            outcomes.push(self.transact(order_id, decide).await);
+        }
+        outcomes
+    }
+
     /// Orders whose saga has a deadline at or before `now`, and PROCESSING
     /// orders older than `orphaned_before` that have no saga yet (their
     /// `order-created` message was lost).
