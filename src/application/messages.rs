@@ -221,9 +221,14 @@ impl InboundMessage {
         let payload = self.payload.as_deref().ok_or("empty payload")?;
         let payload = serde_json::from_slice(payload)
             .map_err(|e| format!("payload is not a valid {expected}: {e}"))?;
+        let sent_at = self
+            .header(HEADER_MESSAGE_TIME)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
         Ok(Decoded {
             message_id,
             correlation_id,
+            sent_at,
             payload,
         })
     }
@@ -233,6 +238,8 @@ impl InboundMessage {
 pub struct Decoded<P> {
     pub message_id: Uuid,
     pub correlation_id: String,
+    /// The `message-time` header, when present and readable (the sender's clock).
+    pub sent_at: Option<DateTime<Utc>>,
     pub payload: P,
 }
 

@@ -84,7 +84,10 @@ impl Orchestrator {
     /// order's other reply so that both are written together (see
     /// `application::pairing`). Only worth it when the consumer handles
     /// several messages of a partition at once: otherwise the other reply
-    /// queues behind the one that waits for it.
+    /// queues behind the one that waits for it. A reply that was sent longer
+    /// than `hold` ago does not wait: the orchestrator is behind, and where
+    /// the other reply is in its queue nobody knows (waiting would only take
+    /// a place from the messages behind).
     pub fn with_reply_hold(mut self, hold: std::time::Duration) -> Self {
         self.reply_hold = hold;
         self
@@ -165,18 +168,26 @@ impl Orchestrator {
         &self,
         order_id: OrderId,
         message_id: Uuid,
+        sent_at: Option<DateTime<Utc>>,
         input: Input,
     ) -> Result<SagaOutcome, HandleError> {
         if self.reply_hold.is_zero() {
             return self.run(order_id, message_id, input).await;
         }
-        let passed = matches!(
-            input,
-            Input::Reply {
-                outcome: StepOutcome::Passed,
-                ..
-            }
-        );
+        let Input::Reply {
+            outcome,
+            received_at,
+            ..
+        } = input
+        else {
+            return self.run(order_id, message_id, input).await;
+        };
+        let fresh = sent_at.is_some_and(|sent| {
+            (received_at - sent)
+                .to_std()
+                .map_or(true, |age| age <= self.reply_hold)
+        });
+        let passed = outcome == StepOutcome::Passed && fresh;
         let (done, joined) = oneshot::channel();
         let me = Partner {
             input,
@@ -270,7 +281,8 @@ impl MessageHandler for Orchestrator {
                     message_id: m.message_id,
                     received_at: Utc::now(),
                 };
-                self.reply(p.order_id, m.message_id, input).await?;
+                self.reply(p.order_id, m.message_id, m.sent_at, input)
+                    .await?;
             }
             Some(Topic::BalanceValidationReplies) => {
                 let m = message
@@ -284,7 +296,8 @@ impl MessageHandler for Orchestrator {
                     message_id: m.message_id,
                     received_at: Utc::now(),
                 };
-                self.reply(p.order_id, m.message_id, input).await?;
+                self.reply(p.order_id, m.message_id, m.sent_at, input)
+                    .await?;
             }
             _ => {
                 return Err(HandleError::Poison(format!(
@@ -744,7 +757,7 @@ mod tests {
             let Input::Reply { message_id, .. } = input else {
                 unreachable!()
             };
-            orchestrator.reply(id, message_id, input)
+            orchestrator.reply(id, message_id, Some(Utc::now()), input)
         };
 
         // Both pass: the first waits (however long the hold), the second joins it.
@@ -804,7 +817,10 @@ mod tests {
             unreachable!()
         };
         assert_eq!(
-            orchestrator.reply(id, message_id, first).await.unwrap(),
+            orchestrator
+                .reply(id, message_id, Some(Utc::now()), first)
+                .await
+                .unwrap(),
             SagaOutcome::Applied
         );
         assert_eq!(started.elapsed(), hold, "it waited the hold, no more");
@@ -815,11 +831,33 @@ mod tests {
             unreachable!()
         };
         assert_eq!(
-            orchestrator.reply(id, message_id, second).await.unwrap(),
+            orchestrator
+                .reply(id, message_id, Some(Utc::now()), second)
+                .await
+                .unwrap(),
             SagaOutcome::Applied
         );
         assert_eq!(started.elapsed(), std::time::Duration::ZERO);
         assert_eq!(store.order(id).unwrap().0.status, OrderStatus::Approved);
+
+        // A reply sent longer ago than the hold (the orchestrator is behind) does not wait.
+        let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
+        let id = orders.place(new, "c1", None).await.unwrap().order.id;
+        orchestrator
+            .run(id, Uuid::new_v4(), Input::Start)
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let stale = reply(Step::User);
+        let Input::Reply { message_id, .. } = stale else {
+            unreachable!()
+        };
+        let sent = Utc::now() - Duration::seconds(1);
+        orchestrator
+            .reply(id, message_id, Some(sent), stale)
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
     }
 
     /// A saga store that only counts: `due` hands out `backlog` orders, at

@@ -353,10 +353,13 @@ async fn consume(
 
 /// One lane: handles up to `depth` of its messages at once, but (with
 /// `per_key`) never two with the same key (one order's messages stay in
-/// order), and stores their offsets strictly in the order they arrived, so a committed offset never
-/// passes a message that is still being handled. Stops at the first message
-/// that shutdown interrupted (`handle` gives `None`): its offset and every
-/// later one stay unstored, and the next owner of the partition sees them again.
+/// order), and stores their offsets strictly in the order they arrived, so a
+/// committed offset never passes a message that is still being handled. A
+/// message that takes long (a reply waiting for its partner, a slow user API)
+/// holds only its own place: the others around it finish and make room.
+/// Stops at the first message that shutdown interrupted (`handle` gives
+/// `None`): its offset and every later one stay unstored, and the next owner
+/// of the partition sees them again.
 async fn run_lane<F, Fut>(
     mut rx: mpsc::Receiver<OwnedMessage>,
     depth: usize,
@@ -367,32 +370,57 @@ async fn run_lane<F, Fut>(
     F: Fn(OwnedMessage) -> Fut,
     Fut: std::future::Future<Output = (OwnedMessage, Option<Handled>)>,
 {
+    use futures::FutureExt;
+
+    /// A message started, in arrival order: its key while it runs, its
+    /// result once done (kept until every older one is done too).
+    struct Started {
+        key: Option<Vec<u8>>,
+        done: Option<(OwnedMessage, Option<Handled>)>,
+    }
     let key = |m: &OwnedMessage| m.key().map(<[u8]>::to_vec);
-    let mut in_flight: futures::stream::FuturesOrdered<Fut> = Default::default();
-    let mut keys: std::collections::VecDeque<Option<Vec<u8>>> = Default::default();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut started: std::collections::VecDeque<Started> = Default::default();
+    // The arrival number of `started`'s first entry, and of the next message.
+    let (mut first, mut next) = (0u64, 0u64);
     let mut waiting: Option<OwnedMessage> = None;
     let mut closed = false;
     loop {
         // Start the message taken last, if there is room and its key is free.
         if let Some(m) = waiting.take() {
             let k = key(&m);
-            if in_flight.len() < depth && (!per_key || k.is_none() || !keys.contains(&k)) {
-                keys.push_back(k);
-                in_flight.push_back(handle(m));
+            let busy = || {
+                started
+                    .iter()
+                    .any(|s| s.done.is_none() && s.key.is_some() && s.key == k)
+            };
+            if in_flight.len() < depth && (!per_key || k.is_none() || !busy()) {
+                let n = next;
+                next += 1;
+                started.push_back(Started { key: k, done: None });
+                in_flight.push(handle(m).map(move |(m, result)| (n, m, result)));
             } else {
-                waiting = Some(m); // full, or its key is busy: wait for the oldest
+                waiting = Some(m); // full, or its key is busy: wait for one to finish
             }
         }
         let can_take = waiting.is_none() && !closed && in_flight.len() < depth;
         tokio::select! {
-            // Finishing the oldest message comes before taking another.
+            // Finishing a message comes before taking another.
             biased;
-            Some((message, result)) = in_flight.next() => {
-                keys.pop_front();
-                if result.is_none() {
-                    return;
+            Some((n, message, result)) = in_flight.next() => {
+                let i = (n - first) as usize;
+                started[i].done = Some((message, result));
+                // Store the offsets of the oldest messages that are done.
+                while started.front().is_some_and(|s| s.done.is_some()) {
+                    let Some(Started { done: Some((message, result)), .. }) = started.pop_front() else {
+                        unreachable!("the front is done")
+                    };
+                    first += 1;
+                    if result.is_none() {
+                        return;
+                    }
+                    store(&message);
                 }
-                store(&message);
             }
             m = rx.recv(), if can_take => match m {
                 Some(m) => waiting = Some(m),
@@ -690,6 +718,17 @@ mod tests {
             t.events
         );
         assert_eq!(t.stored, [0, 1, 2], "{:?}", t.events);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_message_holds_only_its_own_place_in_a_lane() {
+        // Depth two: the slow message 0 takes one place, the quick ones go
+        // through the other one after another, and their offsets wait for 0.
+        let plan = [(0, "a", 100), (1, "b", 1), (2, "c", 1), (3, "d", 1)];
+        let t = run(&plan, 2, None).await;
+        let at = |e: &str| t.events.iter().position(|x| x == e).unwrap();
+        assert!(at("end 3") < at("end 0"), "{:?}", t.events);
+        assert_eq!(t.stored, [0, 1, 2, 3], "{:?}", t.events);
     }
 
     #[tokio::test(start_paused = true)]
