@@ -60,6 +60,8 @@ api_pid=
 cleanup() {
   kill $pid $api_pid 2>/dev/null || true
   wait $pid $api_pid 2>/dev/null || true
+  # The run's topics go too: partitions left behind would slow the runs after it.
+  "$TOOL" --delete-topics >/dev/null 2>&1 || echo "bench: could not delete the topics under $KAFKA_TOPIC_PREFIX" >&2
   for db in "ordersaga_$run" "ordersaga_${run}_api"; do
     psql "${base%/*}/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   done

@@ -24,6 +24,7 @@ pub const OUTBOX_BACKLOG: &str = "ordersaga_outbox_backlog";
 pub const OUTBOX_RELAYED: &str = "ordersaga_outbox_relayed_total";
 pub const DEAD_LETTERS: &str = "ordersaga_dead_letters_total";
 pub const SAGA_BATCH_SIZE: &str = "ordersaga_saga_batch_size";
+pub const REPLY_HOLDS: &str = "ordersaga_saga_reply_holds_total";
 pub const ORDER_BATCH_SIZE: &str = "ordersaga_order_batch_size";
 
 /// Histogram buckets for every `*_seconds` metric: 1 ms to 30 s.
@@ -137,6 +138,10 @@ fn describe() {
     describe_histogram!(
         SAGA_BATCH_SIZE,
         "Saga decisions written per PostgreSQL transaction (group commit)"
+    );
+    describe_counter!(
+        REPLY_HOLDS,
+        "Passing replies that waited for their order's other reply, by result: paired (written with it) or alone (it did not come within SAGA_REPLY_HOLD_MS)"
     );
     describe_histogram!(
         ORDER_BATCH_SIZE,

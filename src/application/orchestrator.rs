@@ -31,6 +31,9 @@ use super::ports::{
     SagaStore, SagaWrite, StoreError,
 };
 
+/// A reply older than this many reply holds when it is handled does not wait
+/// for its partner (see `Orchestrator::with_reply_hold`).
+const STALE_HOLDS: u32 = 5;
 /// Orders one sweep looks at; after a full one the sweeper sweeps again at once.
 const SWEEP_BATCH: u32 = 100;
 /// How often the sweeper also forgets expired idempotency keys and trims the saga log.
@@ -84,10 +87,10 @@ impl Orchestrator {
     /// order's other reply so that both are written together (see
     /// `application::pairing`). Only worth it when the consumer handles
     /// several messages of a partition at once: otherwise the other reply
-    /// queues behind the one that waits for it. A reply that was sent longer
-    /// than `hold` ago does not wait: the orchestrator is behind, and where
-    /// the other reply is in its queue nobody knows (waiting would only take
-    /// a place from the messages behind).
+    /// queues behind the one that waits for it. A reply that was sent more
+    /// than `STALE_HOLDS` holds ago does not wait: the orchestrator is
+    /// behind, and where the other reply is in its queue nobody knows
+    /// (waiting would only take a place from the messages behind).
     pub fn with_reply_hold(mut self, hold: std::time::Duration) -> Self {
         self.reply_hold = hold;
         self
@@ -185,7 +188,7 @@ impl Orchestrator {
         let fresh = sent_at.is_some_and(|sent| {
             (received_at - sent)
                 .to_std()
-                .map_or(true, |age| age <= self.reply_hold)
+                .map_or(true, |age| age <= self.reply_hold * STALE_HOLDS)
         });
         let passed = outcome == StepOutcome::Passed && fresh;
         let (done, joined) = oneshot::channel();
@@ -211,6 +214,8 @@ impl Orchestrator {
             // It came just as the wait ended.
             Err(_) => partner.await.ok(),
         };
+        let result = if partner.is_some() { "paired" } else { "alone" };
+        metrics::counter!(crate::metrics::REPLY_HOLDS, "result" => result).increment(1);
         let Some(partner) = partner else {
             return self.run(order_id, message_id, input).await;
         };

@@ -14,8 +14,10 @@
 //!
 //! A read finds only rows of transactions older than every one still running
 //! (see `SagaLog`); when committed rows wait behind such a transaction, the
-//! relay reads again a millisecond or so later (doubling while they wait),
-//! instead of waiting for the next commit's wake-up.
+//! relay reads again at the next wake-up or 5 ms later, whichever comes
+//! first (doubling to 80 ms while they wait), instead of the idle poll: the
+//! transaction in the way may be one that wakes nobody (another process's,
+//! a relay's own position write). Under load the wake-ups come first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,8 +66,8 @@ impl Default for RelaySettings {
 
 /// First pause before reading again rows the horizon held back; it doubles
 /// while they stay held, up to `HELD_BACK_MAX` (or the idle poll).
-const HELD_BACK_FIRST: Duration = Duration::from_millis(1);
-const HELD_BACK_MAX: Duration = Duration::from_millis(64);
+const HELD_BACK_FIRST: Duration = Duration::from_millis(5);
+const HELD_BACK_MAX: Duration = Duration::from_millis(80);
 
 pub struct Relay {
     log: Arc<dyn SagaLog>,

@@ -328,7 +328,8 @@ pub struct SagaArgs {
     pub sweep_interval_ms: u64,
     /// How long a validation reply that passed waits for its order's other reply, in ms, so
     /// both are written in one transaction (0: never wait). It delays no settlement: an order
-    /// settles on its last reply. Not used with CONSUMER_LANE_DEPTH=1.
+    /// settles on its last reply. Not used with CONSUMER_LANE_DEPTH=1, nor for a reply sent more
+    /// than five holds before it is handled (the orchestrator is behind).
     #[arg(long, env = "SAGA_REPLY_HOLD_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub saga_reply_hold_ms: u64,
     /// A PROCESSING order whose saga has not started after this long is started by the sweeper, in ms.

@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// Also write the figures as one JSON object to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Measure nothing: delete the service's topics (those under
+    /// KAFKA_TOPIC_PREFIX) and exit. `make bench` cleans up after a run with
+    /// it, so the runs after it do not meet a broker with more partitions.
+    #[arg(long)]
+    pub delete_topics: bool,
     #[command(flatten)]
     pub log: LogArgs,
     /// The service's database: settle times are read from its orders.
@@ -103,6 +108,10 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // reqwest is built without a default TLS crypto provider (see the user API client).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.delete_topics {
+        let kafka = args.kafka.settings().map_err(anyhow::Error::msg)?;
+        return ordersaga::adapters::kafka::delete_topics(&kafka).await;
+    }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let pool = PgPoolOptions::new()
         .max_connections(args.concurrency + 2)
