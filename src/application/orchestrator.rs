@@ -726,142 +726,125 @@ mod tests {
         );
     }
 
+    /// An orchestrator with a reply hold, on in-memory ports.
+    struct Held {
+        store: Arc<crate::application::ports::fakes::MemoryStore>,
+        orders: crate::application::orders::OrderService,
+        orchestrator: Orchestrator,
+    }
+
+    impl Held {
+        fn new(hold: std::time::Duration) -> Self {
+            use crate::application::ports::fakes::{MemoryEvents, MemoryStore};
+            let store = Arc::new(MemoryStore::default());
+            let orders = crate::application::orders::OrderService::new(
+                store.clone(),
+                Arc::new(MemoryEvents::default()),
+                Duration::hours(1),
+            );
+            let orchestrator =
+                Orchestrator::new(store.clone(), SagaPolicy::default(), Duration::seconds(5))
+                    .with_reply_hold(hold);
+            Self {
+                store,
+                orders,
+                orchestrator,
+            }
+        }
+
+        /// A new order whose saga has started.
+        async fn started_order(&self) -> OrderId {
+            let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
+            let id = self.orders.place(new, "c1", None).await.unwrap().order.id;
+            let start = self.orchestrator.run(id, Uuid::new_v4(), Input::Start);
+            start.await.unwrap();
+            id
+        }
+
+        /// A reply to the order's first attempt at `step`, sent at `sent`.
+        async fn reply(
+            &self,
+            id: OrderId,
+            step: Step,
+            outcome: StepOutcome,
+            sent: DateTime<Utc>,
+        ) -> Result<SagaOutcome, HandleError> {
+            let message_id = Uuid::new_v4();
+            let input = Input::Reply {
+                step,
+                attempt: 1,
+                outcome,
+                message_id,
+                received_at: Utc::now(),
+            };
+            self.orchestrator
+                .reply(id, message_id, Some(sent), input)
+                .await
+        }
+
+        fn status(&self, id: OrderId) -> OrderStatus {
+            self.store.order(id).unwrap().0.status
+        }
+    }
+
     /// Both replies of an order, the first waiting for the second: one
     /// transaction decides both, and each message learns its own outcome.
     #[tokio::test]
     async fn a_passing_reply_waits_for_the_other_and_both_are_decided_together() {
-        use crate::application::orders::OrderService;
-        use crate::application::ports::fakes::{MemoryEvents, MemoryStore};
-
-        let store = Arc::new(MemoryStore::default());
-        let orders = OrderService::new(
-            store.clone(),
-            Arc::new(MemoryEvents::default()),
-            Duration::hours(1),
-        );
-        let orchestrator =
-            Orchestrator::new(store.clone(), SagaPolicy::default(), Duration::seconds(5))
-                .with_reply_hold(std::time::Duration::from_secs(30));
-        let place = async || {
-            let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
-            let id = orders.place(new, "c1", None).await.unwrap().order.id;
-            orchestrator
-                .run(id, Uuid::new_v4(), Input::Start)
-                .await
-                .unwrap();
-            id
-        };
-        let reply = |step, outcome| Input::Reply {
-            step,
-            attempt: 1,
-            outcome,
-            message_id: Uuid::new_v4(),
-            received_at: Utc::now(),
-        };
-        let handle = |id, input| {
-            let Input::Reply { message_id, .. } = input else {
-                unreachable!()
-            };
-            orchestrator.reply(id, message_id, Some(Utc::now()), input)
-        };
+        let held = Held::new(std::time::Duration::from_secs(30));
+        let now = Utc::now();
 
         // Both pass: the first waits (however long the hold), the second joins it.
-        let id = place().await;
-        let before = store.transactions();
+        let id = held.started_order().await;
+        let before = held.store.transactions();
         let (user, balance) = tokio::join!(
-            handle(id, reply(Step::User, StepOutcome::Passed)),
-            handle(id, reply(Step::Balance, StepOutcome::Passed)),
+            held.reply(id, Step::User, StepOutcome::Passed, now),
+            held.reply(id, Step::Balance, StepOutcome::Passed, now),
         );
         assert_eq!(
             (user.unwrap(), balance.unwrap()),
             (SagaOutcome::Applied, SagaOutcome::Applied)
         );
-        assert_eq!(store.transactions() - before, 1, "one transaction for both");
-        assert_eq!(store.order(id).unwrap().0.status, OrderStatus::Approved);
+        assert_eq!(
+            held.store.transactions() - before,
+            1,
+            "one transaction for both"
+        );
+        assert_eq!(held.status(id), OrderStatus::Approved);
 
         // A failed reply may settle the order: it never waits.
-        let id = place().await;
-        let before = store.transactions();
-        let failed = reply(Step::User, StepOutcome::Failed(CancelReason::UserInvalid));
-        assert_eq!(handle(id, failed).await.unwrap(), SagaOutcome::Applied);
-        assert_eq!(store.transactions() - before, 1);
-        assert_eq!(store.order(id).unwrap().0.status, OrderStatus::Canceled);
+        let id = held.started_order().await;
+        let before = held.store.transactions();
+        let failed = StepOutcome::Failed(CancelReason::UserInvalid);
+        let outcome = held.reply(id, Step::User, failed, now).await;
+        assert_eq!(outcome.unwrap(), SagaOutcome::Applied);
+        assert_eq!(held.store.transactions() - before, 1);
+        assert_eq!(held.status(id), OrderStatus::Canceled);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_reply_whose_partner_does_not_come_goes_alone_after_the_hold() {
-        use crate::application::orders::OrderService;
-        use crate::application::ports::fakes::{MemoryEvents, MemoryStore};
-
-        let store = Arc::new(MemoryStore::default());
-        let orders = OrderService::new(
-            store.clone(),
-            Arc::new(MemoryEvents::default()),
-            Duration::hours(1),
-        );
         let hold = std::time::Duration::from_millis(10);
-        let orchestrator =
-            Orchestrator::new(store.clone(), SagaPolicy::default(), Duration::seconds(5))
-                .with_reply_hold(hold);
-        let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
-        let id = orders.place(new, "c1", None).await.unwrap().order.id;
-        orchestrator
-            .run(id, Uuid::new_v4(), Input::Start)
-            .await
-            .unwrap();
-        let reply = |step| Input::Reply {
-            step,
-            attempt: 1,
-            outcome: StepOutcome::Passed,
-            message_id: Uuid::new_v4(),
-            received_at: Utc::now(),
-        };
+        let held = Held::new(hold);
+        let passed = StepOutcome::Passed;
+        let id = held.started_order().await;
+
         let started = tokio::time::Instant::now();
-        let first = reply(Step::User);
-        let Input::Reply { message_id, .. } = first else {
-            unreachable!()
-        };
-        assert_eq!(
-            orchestrator
-                .reply(id, message_id, Some(Utc::now()), first)
-                .await
-                .unwrap(),
-            SagaOutcome::Applied
-        );
+        let first = held.reply(id, Step::User, passed, Utc::now()).await;
+        assert_eq!(first.unwrap(), SagaOutcome::Applied);
         assert_eq!(started.elapsed(), hold, "it waited the hold, no more");
         // The other reply, late, goes at once: its partner is gone.
         let started = tokio::time::Instant::now();
-        let second = reply(Step::Balance);
-        let Input::Reply { message_id, .. } = second else {
-            unreachable!()
-        };
-        assert_eq!(
-            orchestrator
-                .reply(id, message_id, Some(Utc::now()), second)
-                .await
-                .unwrap(),
-            SagaOutcome::Applied
-        );
+        let second = held.reply(id, Step::Balance, passed, Utc::now()).await;
+        assert_eq!(second.unwrap(), SagaOutcome::Applied);
         assert_eq!(started.elapsed(), std::time::Duration::ZERO);
-        assert_eq!(store.order(id).unwrap().0.status, OrderStatus::Approved);
+        assert_eq!(held.status(id), OrderStatus::Approved);
 
-        // A reply sent longer ago than the hold (the orchestrator is behind) does not wait.
-        let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
-        let id = orders.place(new, "c1", None).await.unwrap().order.id;
-        orchestrator
-            .run(id, Uuid::new_v4(), Input::Start)
-            .await
-            .unwrap();
+        // A reply sent long before it is handled (the orchestrator is behind) does not wait.
+        let id = held.started_order().await;
         let started = tokio::time::Instant::now();
-        let stale = reply(Step::User);
-        let Input::Reply { message_id, .. } = stale else {
-            unreachable!()
-        };
         let sent = Utc::now() - Duration::seconds(1);
-        orchestrator
-            .reply(id, message_id, Some(sent), stale)
-            .await
-            .unwrap();
+        held.reply(id, Step::User, passed, sent).await.unwrap();
         assert_eq!(started.elapsed(), std::time::Duration::ZERO);
     }
 
