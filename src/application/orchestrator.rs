@@ -202,7 +202,7 @@ impl Orchestrator {
             Arrival::Joined => {
                 return joined.await.unwrap_or_else(|_| {
                     Err(HandleError::Unavailable(format!(
-                        "the reply order {order_id}'s other reply waited for stopped; handling this one again"
+                        "order {order_id}: the reply this one was handed to stopped before deciding; handling this one again"
                     )))
                 });
             }

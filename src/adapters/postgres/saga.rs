@@ -83,16 +83,20 @@ fn failed(job: &Job, e: impl Fn() -> StoreError) -> Vec<Result<SagaOutcome, Stor
 }
 
 /// `job`'s transaction failed with `e`: its first decision gets `e`, any
-/// other the same message.
+/// other the same kind of error (so the consumer retries each alike).
 fn spread(job: &Job, e: StoreError) -> Vec<Result<SagaOutcome, StoreError>> {
-    let detail = e.to_string();
-    let mut outcomes = vec![Err(e)];
-    outcomes.extend(
-        job.decisions
-            .iter()
-            .skip(1)
-            .map(|_| Err(StoreError::Other(anyhow::anyhow!("{detail}")))),
-    );
+    let again = |e: &StoreError| match e {
+        StoreError::Unavailable(d) => StoreError::Unavailable(d.clone()),
+        StoreError::Overloaded(d) => StoreError::Overloaded(d.clone()),
+        StoreError::Other(e) => StoreError::Other(anyhow::anyhow!("{e:#}")),
+    };
+    let mut outcomes: Vec<_> = job
+        .decisions
+        .iter()
+        .skip(1)
+        .map(|_| Err(again(&e)))
+        .collect();
+    outcomes.insert(0, Err(e));
     outcomes
 }
 
