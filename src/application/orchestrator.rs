@@ -52,23 +52,28 @@ pub struct Orchestrator {
 #[derive(Debug, Clone, Copy)]
 enum Input {
     Start,
-    Reply {
-        step: Step,
-        attempt: u32,
-        outcome: StepOutcome,
-        message_id: Uuid,
-        /// When the orchestrator got it: the time of its decision, however
-        /// long it then waited for a writer or for its partner.
-        received_at: DateTime<Utc>,
-    },
+    Reply(Reply),
     Tick,
+}
+
+/// A validator's reply, as the orchestrator received it.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    step: Step,
+    attempt: u32,
+    outcome: StepOutcome,
+    message_id: Uuid,
+    /// When the orchestrator got it: the time of its decision, however
+    /// long it then waited for a writer or for its partner.
+    received_at: DateTime<Utc>,
+    /// The message's `message-time` (the validator's clock), if readable.
+    sent_at: Option<DateTime<Utc>>,
 }
 
 /// A reply handed to its order's waiting first reply, to be decided with it;
 /// its outcome goes back on `done`.
 struct Partner {
-    input: Input,
-    message_id: Uuid,
+    reply: Reply,
     done: oneshot::Sender<Result<SagaOutcome, HandleError>>,
 }
 
@@ -167,36 +172,19 @@ impl Orchestrator {
 
     /// A reply: decided alone, or with its order's other reply when one of
     /// them waits for the other (see `with_reply_hold`).
-    async fn reply(
-        &self,
-        order_id: OrderId,
-        message_id: Uuid,
-        sent_at: Option<DateTime<Utc>>,
-        input: Input,
-    ) -> Result<SagaOutcome, HandleError> {
+    async fn reply(&self, order_id: OrderId, reply: Reply) -> Result<SagaOutcome, HandleError> {
+        let (message_id, input) = (reply.message_id, Input::Reply(reply));
         if self.reply_hold.is_zero() {
             return self.run(order_id, message_id, input).await;
         }
-        let Input::Reply {
-            outcome,
-            received_at,
-            ..
-        } = input
-        else {
-            return self.run(order_id, message_id, input).await;
-        };
-        let fresh = sent_at.is_some_and(|sent| {
-            (received_at - sent)
+        let fresh = reply.sent_at.is_some_and(|sent| {
+            (reply.received_at - sent)
                 .to_std()
                 .map_or(true, |age| age <= self.reply_hold * STALE_HOLDS)
         });
-        let passed = outcome == StepOutcome::Passed && fresh;
+        let passed = reply.outcome == StepOutcome::Passed && fresh;
         let (done, joined) = oneshot::channel();
-        let me = Partner {
-            input,
-            message_id,
-            done,
-        };
+        let me = Partner { reply, done };
         let mut partner = match self.pairing.arrive(order_id, message_id, passed, me) {
             Arrival::Alone => return self.run(order_id, message_id, input).await,
             Arrival::Joined => {
@@ -220,7 +208,7 @@ impl Orchestrator {
             return self.run(order_id, message_id, input).await;
         };
         let (first, first_seen) = observed_decision(input, self.policy);
-        let (second, second_seen) = observed_decision(partner.input, self.policy);
+        let (second, second_seen) = observed_decision(Input::Reply(partner.reply), self.policy);
         let mut outcomes = self
             .store
             .transact_all(order_id, vec![first, second])
@@ -234,7 +222,7 @@ impl Orchestrator {
             })
         };
         let (mine, theirs) = (next(), next());
-        let theirs = conclude(order_id, partner.message_id, theirs, &second_seen);
+        let theirs = conclude(order_id, partner.reply.message_id, theirs, &second_seen);
         let _ = partner.done.send(theirs);
         conclude(order_id, message_id, mine, &first_seen)
     }
@@ -279,30 +267,30 @@ impl MessageHandler for Orchestrator {
                     .decode::<UserValidated>(MessageType::UserValidated)
                     .map_err(HandleError::Poison)?;
                 let p = &m.payload;
-                let input = Input::Reply {
+                let reply = Reply {
                     step: Step::User,
                     attempt: p.attempt,
                     outcome: p.outcome(),
                     message_id: m.message_id,
                     received_at: Utc::now(),
+                    sent_at: m.sent_at,
                 };
-                self.reply(p.order_id, m.message_id, m.sent_at, input)
-                    .await?;
+                self.reply(p.order_id, reply).await?;
             }
             Some(Topic::BalanceValidationReplies) => {
                 let m = message
                     .decode::<BalanceValidated>(MessageType::BalanceValidated)
                     .map_err(HandleError::Poison)?;
                 let p = &m.payload;
-                let input = Input::Reply {
+                let reply = Reply {
                     step: Step::Balance,
                     attempt: p.attempt,
                     outcome: p.outcome(),
                     message_id: m.message_id,
                     received_at: Utc::now(),
+                    sent_at: m.sent_at,
                 };
-                self.reply(p.order_id, m.message_id, m.sent_at, input)
-                    .await?;
+                self.reply(p.order_id, reply).await?;
             }
             _ => {
                 return Err(HandleError::Poison(format!(
@@ -358,14 +346,14 @@ fn observed_decision(input: Input, policy: SagaPolicy) -> (SagaDecision, Observe
     let sink = observed.clone();
     let decision: SagaDecision = Box::new(move |ctx| {
         let now = match input {
-            Input::Reply { received_at, .. } => received_at,
+            Input::Reply(reply) => reply.received_at,
             Input::Start | Input::Tick => Utc::now(),
         };
         let write = decide(ctx, input, &policy, now)?;
         let mut o = sink.0.lock().unwrap_or_else(|e| e.into_inner());
         let secs =
             |since: DateTime<Utc>| (now - since).num_microseconds().unwrap_or(0) as f64 / 1e6;
-        if let (Input::Reply { step, outcome, .. }, Some(saga)) = (input, &ctx.saga)
+        if let (Input::Reply(Reply { step, outcome, .. }), Some(saga)) = (input, &ctx.saga)
             && write
                 .events()
                 .any(|e| e.kind == SagaEventKind::ReplyReceived)
@@ -400,19 +388,19 @@ fn decide(
             }
             Saga::start(now, policy)
         }
-        (None, Input::Reply { .. }) => {
+        (None, Input::Reply(_)) => {
             tracing::warn!(order_id = %order.id, "reply for an order whose saga never started; ignored");
             return None;
         }
         (Some(_), Input::Start) => return None,
         (
             Some(mut saga),
-            Input::Reply {
+            Input::Reply(Reply {
                 step,
                 attempt,
                 outcome,
                 ..
-            },
+            }),
         ) => {
             let effects = saga.on_reply(step, attempt, outcome, now, policy);
             (saga, effects)
@@ -458,7 +446,7 @@ fn decide(
                 outcome,
             } => {
                 let message_id = match input {
-                    Input::Reply { message_id, .. } => Some(message_id),
+                    Input::Reply(reply) => Some(reply.message_id),
                     _ => None,
                 };
                 write.entries.push(LogEntry::event(event(
@@ -548,6 +536,18 @@ mod tests {
     use crate::application::ports::StoreError;
     use crate::domain::{CancelReason, NewOrder, Order, Settlement};
 
+    /// A reply to the first attempt at `step`, sent and received now.
+    fn reply(step: Step, outcome: StepOutcome) -> Reply {
+        Reply {
+            step,
+            attempt: 1,
+            outcome,
+            message_id: Uuid::new_v4(),
+            received_at: Utc::now(),
+            sent_at: Some(Utc::now()),
+        }
+    }
+
     fn ctx(saga: Option<Saga>) -> SagaContext {
         let new = NewOrder::parse(Some("10.00"), Some("u1"), Some("1"), Some("cash")).unwrap();
         SagaContext {
@@ -599,13 +599,10 @@ mod tests {
     fn a_failing_reply_settles_with_a_settled_message_and_event() {
         let p = SagaPolicy::default();
         let (saga, _) = Saga::start(Utc::now(), &p);
-        let input = Input::Reply {
-            step: Step::User,
-            attempt: 1,
-            outcome: StepOutcome::Failed(CancelReason::UserInvalid),
-            message_id: Uuid::new_v4(),
-            received_at: Utc::now(),
-        };
+        let input = Input::Reply(reply(
+            Step::User,
+            StepOutcome::Failed(CancelReason::UserInvalid),
+        ));
         let w = decide(&ctx(Some(saga)), input, &p, Utc::now()).unwrap();
         assert_eq!(
             w.settle,
@@ -637,25 +634,16 @@ mod tests {
         let (saga, _) = Saga::start(Utc::now(), &p);
         let mut c = ctx(Some(saga));
         c.order.status = OrderStatus::Approved;
-        let input = Input::Reply {
-            step: Step::User,
-            attempt: 1,
-            outcome: StepOutcome::Failed(CancelReason::UserInvalid),
-            message_id: Uuid::new_v4(),
-            received_at: Utc::now(),
-        };
+        let input = Input::Reply(reply(
+            Step::User,
+            StepOutcome::Failed(CancelReason::UserInvalid),
+        ));
         assert!(decide(&c, input, &p, Utc::now()).is_none());
     }
 
     #[test]
     fn a_reply_without_a_saga_is_ignored() {
-        let input = Input::Reply {
-            step: Step::User,
-            attempt: 1,
-            outcome: StepOutcome::Passed,
-            message_id: Uuid::new_v4(),
-            received_at: Utc::now(),
-        };
+        let input = Input::Reply(reply(Step::User, StepOutcome::Passed));
         assert!(decide(&ctx(None), input, &SagaPolicy::default(), Utc::now()).is_none());
     }
 
@@ -769,17 +757,11 @@ mod tests {
             outcome: StepOutcome,
             sent: DateTime<Utc>,
         ) -> Result<SagaOutcome, HandleError> {
-            let message_id = Uuid::new_v4();
-            let input = Input::Reply {
-                step,
-                attempt: 1,
-                outcome,
-                message_id,
-                received_at: Utc::now(),
+            let reply = Reply {
+                sent_at: Some(sent),
+                ..reply(step, outcome)
             };
-            self.orchestrator
-                .reply(id, message_id, Some(sent), input)
-                .await
+            self.orchestrator.reply(id, reply).await
         }
 
         fn status(&self, id: OrderId) -> OrderStatus {
