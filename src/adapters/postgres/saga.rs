@@ -85,18 +85,10 @@ fn failed(job: &Job, e: impl Fn() -> StoreError) -> Vec<Result<SagaOutcome, Stor
 /// `job`'s transaction failed with `e`: its first decision gets `e`, any
 /// other the same kind of error (so the consumer retries each alike).
 fn spread(job: &Job, e: StoreError) -> Vec<Result<SagaOutcome, StoreError>> {
-    let again = |e: &StoreError| match e {
-        StoreError::Unavailable(d) => StoreError::Unavailable(d.clone()),
-        StoreError::Overloaded(d) => StoreError::Overloaded(d.clone()),
-        StoreError::Other(e) => StoreError::Other(anyhow::anyhow!("{e:#}")),
-    };
-    let mut outcomes: Vec<_> = job
-        .decisions
-        .iter()
-        .skip(1)
-        .map(|_| Err(again(&e)))
-        .collect();
-    outcomes.insert(0, Err(e));
+    let mut outcomes = failed(job, || e.again());
+    if let Some(first) = outcomes.first_mut() {
+        *first = Err(e);
+    }
     outcomes
 }
 
@@ -170,10 +162,7 @@ impl Writer {
         let outcomes = match self.transact(&jobs).await {
             Ok(outcomes) => outcomes,
             Err(e @ StoreError::Unavailable(_)) => {
-                let detail = e.to_string();
-                jobs.iter()
-                    .map(|job| failed(job, || StoreError::Unavailable(detail.clone())))
-                    .collect()
+                jobs.iter().map(|job| failed(job, || e.again())).collect()
             }
             Err(e) if jobs.len() == 1 => vec![spread(jobs[0], e)],
             Err(e) => {

@@ -12,6 +12,18 @@ pub enum StoreError {
     Other(#[from] anyhow::Error),
 }
 
+impl StoreError {
+    /// The same failure once more, for another of the calls it failed at
+    /// once (the decisions of one transaction): same kind, same message.
+    pub fn again(&self) -> Self {
+        match self {
+            StoreError::Unavailable(d) => StoreError::Unavailable(d.clone()),
+            StoreError::Overloaded(d) => StoreError::Overloaded(d.clone()),
+            StoreError::Other(e) => StoreError::Other(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventLogError {
     #[error("event log unavailable: {0}")]

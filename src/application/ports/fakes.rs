@@ -207,11 +207,7 @@ impl SagaStore for MemoryStore {
         decisions: Vec<SagaDecision>,
     ) -> Vec<Result<SagaOutcome, StoreError>> {
         if let Err(e) = self.up() {
-            let detail = e.to_string();
-            return decisions
-                .iter()
-                .map(|_| Err(StoreError::Unavailable(detail.clone())))
-                .collect();
+            return decisions.iter().map(|_| Err(e.again())).collect();
         }
         let mut state = self.state.lock().unwrap();
         state.transactions += 1;
