@@ -1,10 +1,12 @@
 //! The orchestrator: drives each order's saga from the messages it receives and
 //! from its deadlines.
 //!
-//! Every decision runs inside one store transaction with the order locked:
-//! the saga's state (on the order), the order's status and the saga log's
-//! entries (each event with the command or settlement message it sends) are
-//! written together or not at all. The state machine ignores a redelivered
+//! Every decision runs on the order's current state and is written in one
+//! store transaction, only if the order has not changed since (otherwise the
+//! store takes it again on the new state): the saga's state (on the order),
+//! the order's status and the saga log's entries (each event with the
+//! command or settlement message it sends) are written together or not at
+//! all. The state machine ignores a redelivered
 //! `order-created` (the saga exists), a reply to a step that is already
 //! answered, and replies that no longer matter, so handling a message twice
 //! changes nothing and no message id needs recording.

@@ -14,7 +14,8 @@ use ordersaga::application::ports::{
 };
 use ordersaga::application::relay::{Pass, Relay, RelaySettings};
 use ordersaga::domain::{
-    NewOrder, Order, OrderId, OrderStatus, Saga, SagaPolicy, Settlement, UserId,
+    NewOrder, Order, OrderId, OrderStatus, Saga, SagaPolicy, Settlement, StepOutcome, StepState,
+    UserId,
 };
 use uuid::Uuid;
 
@@ -288,12 +289,14 @@ fn start_decision(ctx: &SagaContext) -> Option<SagaWrite> {
     })
 }
 
+/// Two processes decide about one order at once: the one that writes
+/// second decided on a state that is gone, so its write does not happen and
+/// its decision is taken again on what the first wrote. No update is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote() {
+async fn a_decision_made_on_a_state_another_process_changed_is_taken_again() {
     let db = TestDb::new().await;
     let order = placed_order(&db).await;
-    // Two stores on one database, as two orchestrator processes: within one
-    // store, decisions about one order are queued rather than locked.
+    // Two stores on one database, as two orchestrator processes.
     let store = db.store.clone();
     let elsewhere = PgStore::from_pool(db.pool().clone());
     let outcome = store
@@ -301,20 +304,29 @@ async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote()
         .await
         .unwrap();
     assert_eq!(outcome, SagaOutcome::Applied);
-    let marked = chrono::DateTime::from_timestamp(1_000_000_000, 0).unwrap();
-    // The first decision holds the order's lock for a while, then writes a marked saga.
-    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
-    let locked_tx = std::sync::Mutex::new(Some(locked_tx));
-    let first = tokio::spawn({
-        let store = store.clone();
+    let slow_mark = chrono::DateTime::from_timestamp(1_000_000_000, 0).unwrap();
+    let quick_mark = StepState::Done {
+        outcome: StepOutcome::Passed,
+    };
+    // Each decision keeps the other's mark: the slow one marks `started_at`,
+    // the quick one the user step. The slow one, once it has seen the
+    // order, waits until the quick one has written.
+    let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+    let entered_tx = std::sync::Mutex::new(Some(entered_tx));
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let slow = tokio::spawn({
+        let (store, seen) = (store.clone(), seen.clone());
         async move {
             let decide = move |ctx: &SagaContext| -> Option<SagaWrite> {
-                if let Some(tx) = locked_tx.lock().unwrap().take() {
-                    let _ = tx.send(());
-                }
-                std::thread::sleep(Duration::from_millis(500));
                 let mut saga = ctx.saga.clone().unwrap();
-                saga.started_at = marked;
+                seen.lock().unwrap().push(saga.user);
+                if let Some(tx) = entered_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                    let _ = wait.lock().unwrap().recv();
+                }
+                saga.started_at = slow_mark;
                 Some(SagaWrite {
                     saga,
                     settle: None,
@@ -324,22 +336,37 @@ async fn a_decision_that_waited_for_the_lock_sees_the_saga_the_other_one_wrote()
             store.transact(order.id, Box::new(decide)).await
         }
     });
-    locked_rx.await.unwrap();
-    // The second one waits for the lock and must decide on what the first wrote.
-    let seen = Arc::new(std::sync::Mutex::new(None));
-    let decide = {
-        let seen = seen.clone();
-        move |ctx: &SagaContext| -> Option<SagaWrite> {
-            *seen.lock().unwrap() = ctx.saga.as_ref().map(|s| s.started_at);
-            None
-        }
+    entered.await.unwrap();
+    let quick = move |ctx: &SagaContext| -> Option<SagaWrite> {
+        let mut saga = ctx.saga.clone().unwrap();
+        saga.user = quick_mark;
+        Some(SagaWrite {
+            saga,
+            settle: None,
+            entries: vec![],
+        })
     };
-    elsewhere
-        .transact(order.id, Box::new(decide))
-        .await
-        .unwrap();
-    assert_eq!(first.await.unwrap().unwrap(), SagaOutcome::Applied);
-    assert_eq!(*seen.lock().unwrap(), Some(marked));
+    assert_eq!(
+        elsewhere.transact(order.id, Box::new(quick)).await.unwrap(),
+        SagaOutcome::Applied
+    );
+    go.send(()).unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), SagaOutcome::Applied);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "the slow decision was taken twice: {seen:?}");
+    assert_eq!(
+        seen[1], quick_mark,
+        "the second time on what the quick one wrote"
+    );
+    let saga: Saga = serde_json::from_value(
+        sqlx::query_scalar("SELECT saga FROM orders WHERE id = $1")
+            .bind(order.id.0)
+            .fetch_one(db.pool())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((saga.started_at, saga.user), (slow_mark, quick_mark));
 }
 
 /// Starts `busy`'s saga with a decision that holds the store's writer

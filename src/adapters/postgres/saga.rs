@@ -1,12 +1,17 @@
-//! `SagaStore` on PostgreSQL: each decision in a transaction, with the order
-//! row (which carries the saga) locked, so decisions about one order never
-//! interleave.
+//! `SagaStore` on PostgreSQL: each decision runs on the order's current
+//! state and is written only if the order has not changed since, so
+//! decisions about one order never interleave (optimistic concurrency: the
+//! row's `xmin` is its version).
 //!
 //! Decisions are written by group commit: `transact` queues its decision,
 //! and a few writer tasks each take every decision queued so far (up to
-//! `saga_batch_max`) and apply them in one transaction of four round trips
-//! (begin, lock and read the orders, write, commit), whatever their number.
-//! Several decisions about one order in a batch (both replies arrived
+//! `saga_batch_max`) and write them in one statement, its own transaction,
+//! whatever their number. The writers remember the state and version each
+//! order's last write left (`Known`), so a decision about an order this
+//! process wrote last needs no read: one round trip. Otherwise one unlocked
+//! read comes first. An order that changed meanwhile (another process, the
+//! other writer) is not written; its decisions are taken again on a fresh
+//! read. Several decisions about one order in a batch (both replies arrived
 //! together, or were handed in together by `transact_all`) run one after the
 //! other on the state the one before left, and the order is written once.
 //! `transact_all`'s decisions are one job, so one batch. A decision that fails (an unreadable row,
@@ -14,7 +19,7 @@
 //! one, so one bad decision cannot fail the others.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -25,49 +30,105 @@ use uuid::Uuid;
 use crate::application::ports::{
     LogEntry, SagaContext, SagaDecision, SagaOutcome, SagaStore, SagaWrite, StoreError,
 };
-use crate::domain::{Order, OrderId, Saga, Settlement};
+use crate::domain::{Order, OrderId, OrderStatus, Saga, Settlement};
 
 use super::group::{GroupQueue, Jobs, NotQueued, next_batch};
 use super::orders::{ORDER_COLUMNS, OrderRow};
 use super::{PgStore, Wake, classify, column, corrupt};
 
 #[derive(sqlx::FromRow)]
-struct LockedOrder {
+struct StoredOrder {
     #[sqlx(flatten)]
     order: OrderRow,
     correlation_id: String,
     saga: Option<serde_json::Value>,
+    version: i64,
 }
 
-/// Locks and reads the orders `$1` with their sagas, in id order so that two
-/// batches that share orders cannot deadlock.
-static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
+/// Reads the orders `$1` with their sagas and versions (`xmin`, the
+/// transaction that wrote the row last), without locking them.
+static READ_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {ORDER_COLUMNS}, correlation_id, saga FROM orders
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        "SELECT {ORDER_COLUMNS}, correlation_id, saga, xmin::text::bigint AS version
+           FROM orders WHERE id = ANY($1)"
     )
 });
 
 /// Writes a batch of decisions in one statement: each order's saga (and its
-/// settlement, only from PROCESSING) in place, and the log entries. Returns
-/// how many orders it updated and how many of them it settled.
+/// settlement, only from PROCESSING) in place, only if the order is still
+/// at the version its decision saw, and the log entries of the orders it
+/// wrote, in the batch's order. Returns each order written with its new
+/// version. The orders come sorted by id, so two batches that share orders
+/// lock them in the same order.
 const WRITE_SQL: &str = "WITH updated AS (
          UPDATE orders o
             SET saga = w.saga, next_deadline = w.next_deadline,
                 status = coalesce(w.status, o.status),
                 cancel_reason = CASE WHEN w.status IS NULL THEN o.cancel_reason ELSE w.reason END,
-                updated_at = CASE WHEN w.status IS NULL THEN o.updated_at ELSE $6 END
-           FROM UNNEST($1::uuid[], $2::jsonb[], $3::timestamptz[], $4::text[], $5::text[])
-                AS w (id, saga, next_deadline, status, reason)
-          WHERE o.id = w.id AND (w.status IS NULL OR o.status = 'PROCESSING')
-         RETURNING w.status IS NOT NULL AS settled
+                updated_at = CASE WHEN w.status IS NULL THEN o.updated_at ELSE $7 END
+           FROM UNNEST($1::uuid[], $2::bigint[], $3::jsonb[], $4::timestamptz[], $5::text[], $6::text[])
+                AS w (id, version, saga, next_deadline, status, reason)
+          WHERE o.id = w.id AND o.xmin = w.version::text::xid
+            AND (w.status IS NULL OR o.status = 'PROCESSING')
+         RETURNING o.id, o.xmin::text::bigint AS version
      ), logged AS (
          INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload,
                                message_id, topic, message_type, correlation_id, message)
-         SELECT * FROM UNNEST($7::uuid[], $8::timestamptz[], $9::uuid[], $10::text[], $11::jsonb[],
-                              $12::uuid[], $13::text[], $14::text[], $15::text[], $16::jsonb[])
+         SELECT e.order_id, e.occurred_at, e.event_id, e.event_type, e.payload,
+                e.message_id, e.topic, e.message_type, e.correlation_id, e.message
+           FROM UNNEST($8::uuid[], $9::timestamptz[], $10::uuid[], $11::text[], $12::jsonb[],
+                       $13::uuid[], $14::text[], $15::text[], $16::text[], $17::jsonb[])
+                WITH ORDINALITY
+                AS e (order_id, occurred_at, event_id, event_type, payload,
+                      message_id, topic, message_type, correlation_id, message, n)
+          WHERE e.order_id IN (SELECT id FROM updated)
+          ORDER BY e.n
      )
-     SELECT count(*), count(*) FILTER (WHERE settled) FROM updated";
+     SELECT id, version FROM updated";
+
+/// How many times a batch's decisions about an order that keeps changing
+/// are taken again before they fail (as overloaded: the consumer retries).
+const CONFLICT_ROUNDS: usize = 5;
+
+/// Most orders whose state the writers remember. Settled orders are
+/// forgotten at once; this bounds the others (orders whose saga moved to
+/// another process, say).
+const KNOWN_MAX: usize = 16_384;
+
+/// What the writers know of the orders they wrote or read last: the state
+/// and its version. Only a hint: a write made on a stale one does not
+/// happen, and the order is read again.
+#[derive(Default)]
+struct Known(Mutex<HashMap<Uuid, (i64, SagaContext)>>);
+
+impl Known {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (i64, SagaContext)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers `ctx` at `version`, or forgets a settled order.
+    fn remember(&self, version: i64, ctx: &SagaContext) {
+        let mut known = self.lock();
+        if ctx.order.status != OrderStatus::Processing {
+            known.remove(&ctx.order.id.0);
+            return;
+        }
+        if known.len() >= KNOWN_MAX
+            && !known.contains_key(&ctx.order.id.0)
+            && let Some(any) = known.keys().next().copied()
+        {
+            known.remove(&any);
+        }
+        known.insert(ctx.order.id.0, (version, ctx.clone()));
+    }
+
+    fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let mut known = self.lock();
+        for id in ids {
+            known.remove(&id);
+        }
+    }
+}
 
 /// Queued decisions about one order (taken in order, in one transaction),
 /// and where their outcomes go.
@@ -98,6 +159,7 @@ pub(super) struct SagaQueue {
     queue: GroupQueue<Job>,
     writers: usize,
     batch_max: usize,
+    known: Arc<Known>,
 }
 
 impl SagaQueue {
@@ -108,6 +170,7 @@ impl SagaQueue {
             queue: GroupQueue::new(writers.max(1) * batch_max.max(1) * 16),
             writers: writers.max(1),
             batch_max: batch_max.max(1),
+            known: Arc::default(),
         }
     }
 
@@ -118,6 +181,7 @@ impl SagaQueue {
                     pool: pool.clone(),
                     wake: wake.clone(),
                     batch_max: self.batch_max,
+                    known: self.known.clone(),
                 };
                 tokio::spawn(writer.run(jobs.clone()));
             }
@@ -144,6 +208,7 @@ struct Writer {
     pool: PgPool,
     wake: Wake,
     batch_max: usize,
+    known: Arc<Known>,
 }
 
 impl Writer {
@@ -183,98 +248,170 @@ impl Writer {
         }
     }
 
-    /// One transaction for `jobs`: locks their orders, runs each decision on
-    /// its order's current state (in the batch's order, so a second decision
-    /// about an order sees what the first decided), and writes each order
-    /// once with every entry. Each job's outcomes come back in order; an
-    /// error of the transaction fails them all.
+    /// Decides `jobs` and writes what they decided in one statement (each
+    /// order once, with every entry), taking again, on a fresh read, the
+    /// decisions about an order that changed meanwhile. Each job's outcomes
+    /// come back in order; an error of the statement fails them all.
     async fn transact(
         &self,
         jobs: &[&Job],
     ) -> Result<Vec<Vec<Result<SagaOutcome, StoreError>>>, StoreError> {
-        let mut ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let locked: Vec<LockedOrder> = sqlx::query_as(sqlx::AssertSqlSafe(LOCK_SQL.as_str()))
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let mut current: HashMap<Uuid, Result<Current, String>> = locked
-            .into_iter()
-            .map(|l| (l.order.id, Current::read(l).map_err(|e| e.to_string())))
-            .collect();
-
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let order = current.get_mut(&job.order_id.0);
-            let decided = match order {
-                None => job
-                    .decisions
-                    .iter()
-                    .map(|_| Ok(SagaOutcome::UnknownOrder))
-                    .collect(),
-                Some(Err(unreadable)) => {
-                    failed(job, || StoreError::Other(anyhow::anyhow!("{unreadable}")))
+        let mut outcomes: Vec<Option<Vec<Result<SagaOutcome, StoreError>>>> =
+            jobs.iter().map(|_| None).collect();
+        // The jobs still to decide, and whether what the writers know of
+        // their orders may be used (not after a conflict).
+        let mut pending: Vec<usize> = (0..jobs.len()).collect();
+        let mut trust_known = true;
+        for _ in 0..CONFLICT_ROUNDS {
+            let mut ids: Vec<Uuid> = pending.iter().map(|&i| jobs[i].order_id.0).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let mut current = match self.current(&ids, trust_known).await {
+                Ok(current) => current,
+                Err(e) => {
+                    self.known.forget(ids);
+                    return Err(e);
                 }
-                Some(Ok(c)) => job
-                    .decisions
-                    .iter()
-                    .map(|decide| c.decide(job.order_id, decide))
-                    .collect(),
             };
-            outcomes.push(decided);
+            let mut decided = HashMap::with_capacity(pending.len());
+            for &i in &pending {
+                let job = jobs[i];
+                let outcome = match current.get_mut(&job.order_id.0) {
+                    None => job
+                        .decisions
+                        .iter()
+                        .map(|_| Ok(SagaOutcome::UnknownOrder))
+                        .collect(),
+                    Some(Err(unreadable)) => {
+                        failed(job, || StoreError::Other(anyhow::anyhow!("{unreadable}")))
+                    }
+                    Some(Ok(c)) => job
+                        .decisions
+                        .iter()
+                        .map(|decide| c.decide(job.order_id, decide))
+                        .collect(),
+                };
+                decided.insert(i, outcome);
+            }
+            // Sorted by id (`current` is not): see WRITE_SQL.
+            let mut orders: Vec<Current> = current.into_values().filter_map(Result::ok).collect();
+            orders.sort_unstable_by_key(|c| c.ctx.order.id.0);
+            let written = match write(&self.pool, &orders).await {
+                Ok(written) => written,
+                Err(e) => {
+                    self.known.forget(ids);
+                    return Err(e);
+                }
+            };
+            let mut changed = Vec::new();
+            for c in &orders {
+                match (&c.write, written.get(&c.ctx.order.id.0)) {
+                    (None, _) => self.known.remember(c.version, &c.ctx),
+                    (Some(_), Some(&version)) => self.known.remember(version, &c.ctx),
+                    (Some(_), None) => changed.push(c.ctx.order.id.0),
+                }
+            }
+            if orders.iter().any(|c| {
+                c.write
+                    .as_ref()
+                    .is_some_and(|w| w.messages().next().is_some())
+                    && written.contains_key(&c.ctx.order.id.0)
+            }) {
+                self.wake.committed(true);
+            }
+            self.known.forget(changed.iter().copied());
+            let (again, done): (Vec<usize>, Vec<usize>) = pending
+                .into_iter()
+                .partition(|&i| changed.contains(&jobs[i].order_id.0));
+            for i in done {
+                outcomes[i] = decided.remove(&i);
+            }
+            pending = again;
+            if pending.is_empty() {
+                break;
+            }
+            trust_known = false;
         }
-        let writes: Vec<(OrderId, SagaWrite)> = current
-            .into_values()
-            .filter_map(Result::ok)
-            .filter_map(|c| c.write.map(|w| (c.ctx.order.id, w)))
-            .collect();
-        if writes.is_empty() {
-            // Nothing to write: the orders' locks go with the transaction.
-            tx.rollback().await.map_err(classify)?;
-            return Ok(outcomes);
+        for i in pending {
+            let order_id = jobs[i].order_id;
+            outcomes[i] = Some(failed(jobs[i], || {
+                StoreError::Overloaded(format!(
+                    "order {order_id} changed {CONFLICT_ROUNDS} times while its saga decision was being written"
+                ))
+            }));
         }
-        let settling = writes.iter().filter(|(_, w)| w.settle.is_some()).count() as i64;
-        let (updated, settled) = write(&mut tx, &writes).await?;
-        // Guarded twice: by the WHERE clause, and by the transition trigger.
-        if updated != writes.len() as i64 || settled != settling {
-            tx.rollback().await.map_err(classify)?;
-            return Err(StoreError::Other(anyhow::anyhow!(
-                "{} of {settling} orders were no longer PROCESSING when their saga settled them",
-                settling - settled
-            )));
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every job decided or failed"))
+            .collect())
+    }
+
+    /// The orders `ids` as they are now: from what the writers know (when
+    /// `trust_known`), the others read. An order missing from the map does
+    /// not exist.
+    async fn current(
+        &self,
+        ids: &[Uuid],
+        trust_known: bool,
+    ) -> Result<HashMap<Uuid, Result<Current, String>>, StoreError> {
+        let mut current = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        {
+            let known = self.known.lock();
+            for id in ids {
+                match known.get(id).filter(|_| trust_known) {
+                    Some((version, ctx)) => {
+                        current.insert(*id, Ok(Current::new(*version, ctx.clone())));
+                    }
+                    None => missing.push(*id),
+                }
+            }
         }
-        tx.commit().await.map_err(classify)?;
-        self.wake
-            .committed(writes.iter().any(|(_, w)| w.messages().next().is_some()));
-        Ok(outcomes)
+        if !missing.is_empty() {
+            let stored: Vec<StoredOrder> = sqlx::query_as(sqlx::AssertSqlSafe(READ_SQL.as_str()))
+                .bind(&missing)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+            current.extend(
+                stored
+                    .into_iter()
+                    .map(|s| (s.order.id, Current::read(s).map_err(|e| e.to_string()))),
+            );
+        }
+        Ok(current)
     }
 }
 
-/// An order locked in a transaction: what its decisions see, and what they
-/// have decided so far.
+/// An order as its decisions see it (at `version`), and what they have
+/// decided so far.
 struct Current {
+    version: i64,
     ctx: SagaContext,
     write: Option<SagaWrite>,
 }
 
 impl Current {
-    fn read(locked: LockedOrder) -> Result<Self, StoreError> {
-        let saga = locked
+    fn new(version: i64, ctx: SagaContext) -> Self {
+        Self {
+            version,
+            ctx,
+            write: None,
+        }
+    }
+
+    fn read(stored: StoredOrder) -> Result<Self, StoreError> {
+        let saga = stored
             .saga
             .map(serde_json::from_value::<Saga>)
             .transpose()
             .map_err(|e| corrupt("saga state", e))?;
-        Ok(Self {
-            ctx: SagaContext {
-                order: Order::try_from(locked.order)?,
-                correlation_id: locked.correlation_id,
-                saga,
-            },
-            write: None,
-        })
+        let ctx = SagaContext {
+            order: Order::try_from(stored.order)?,
+            correlation_id: stored.correlation_id,
+            saga,
+        };
+        Ok(Self::new(stored.version, ctx))
     }
 
     /// Runs a decision on the order as the decisions before it left it.
@@ -293,6 +430,12 @@ impl Current {
         let Some(w) = decided else {
             return Ok(SagaOutcome::NothingToDo);
         };
+        if w.settle.is_some() && self.ctx.order.status != OrderStatus::Processing {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "order {order_id} is {} already; its saga cannot settle it again",
+                self.ctx.order.status.as_str()
+            )));
+        }
         self.ctx.saga = Some(w.saga.clone());
         if let Some(s) = w.settle {
             self.ctx.order.status = s.status();
@@ -314,31 +457,37 @@ fn message(e: &LogEntry) -> Option<&crate::application::messages::OutboundMessag
     e.message.as_ref()
 }
 
-/// Writes the batch's decisions in one statement; returns how many orders
-/// it updated and how many of them it settled.
-async fn write(
-    tx: &mut sqlx::PgConnection,
-    writes: &[(OrderId, SagaWrite)],
-) -> Result<(i64, i64), StoreError> {
+/// Writes what the decisions about `orders` decided, in one statement (its
+/// own transaction); returns the orders written, each with its new version.
+/// An order missing from it changed since its decisions read it.
+async fn write(pool: &PgPool, orders: &[Current]) -> Result<HashMap<Uuid, i64>, StoreError> {
+    let writes: Vec<(Uuid, i64, &SagaWrite)> = orders
+        .iter()
+        .filter_map(|c| c.write.as_ref().map(|w| (c.ctx.order.id.0, c.version, w)))
+        .collect();
+    if writes.is_empty() {
+        return Ok(HashMap::new());
+    }
     let states = writes
         .iter()
-        .map(|(_, w)| serde_json::to_value(&w.saga))
+        .map(|(_, _, w)| serde_json::to_value(&w.saga))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StoreError::Other(e.into()))?;
     let settle = |w: &SagaWrite| w.settle.map(Settlement::status).map(|s| s.as_str());
     let reason = |w: &SagaWrite| w.settle.and_then(|s| s.cancel_reason()).map(|r| r.as_str());
-    let entries: Vec<(&OrderId, &LogEntry)> = writes
+    let entries: Vec<(Uuid, &LogEntry)> = writes
         .iter()
-        .flat_map(|(id, w)| w.entries.iter().map(move |e| (id, e)))
+        .flat_map(|&(id, _, w)| w.entries.iter().map(move |e| (id, e)))
         .collect();
-    sqlx::query_as::<_, (i64, i64)>(WRITE_SQL)
-        .bind(column(writes, |(id, _)| id.0))
+    let written: Vec<(Uuid, i64)> = sqlx::query_as(WRITE_SQL)
+        .bind(column(&writes, |(id, _, _)| *id))
+        .bind(column(&writes, |(_, version, _)| *version))
         .bind(states)
-        .bind(column(writes, |(_, w)| w.saga.next_deadline()))
-        .bind(column(writes, |(_, w)| settle(w)))
-        .bind(column(writes, |(_, w)| reason(w)))
+        .bind(column(&writes, |(_, _, w)| w.saga.next_deadline()))
+        .bind(column(&writes, |(_, _, w)| settle(w)))
+        .bind(column(&writes, |(_, _, w)| reason(w)))
         .bind(Utc::now())
-        .bind(column(&entries, |(id, _)| id.0))
+        .bind(column(&entries, |(id, _)| *id))
         .bind(column(&entries, |(_, e)| e.event.at))
         .bind(column(&entries, |(_, e)| e.event.event_id))
         .bind(column(&entries, |(_, e)| e.event.kind.as_str()))
@@ -356,9 +505,10 @@ async fn write(
         .bind(column(&entries, |(_, e)| {
             message(e).map(|m| m.payload.clone())
         }))
-        .fetch_one(tx)
+        .fetch_all(pool)
         .await
-        .map_err(classify)
+        .map_err(classify)?;
+    Ok(written.into_iter().collect())
 }
 
 #[async_trait]

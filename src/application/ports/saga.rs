@@ -1,4 +1,4 @@
-//! The saga store: a decision about an order, taken and written in one transaction with the order locked; and what the saga log's entries are.
+//! The saga store: a decision about an order, taken on its current state and written in one transaction (never on a state that changed meanwhile); and what the saga log's entries are.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -108,15 +108,18 @@ pub enum SagaOutcome {
 /// Saga state, with the order and the saga log in one transaction.
 #[async_trait]
 pub trait SagaStore: Send + Sync {
-    /// Locks the order (and its saga), runs `decide` and writes what it
-    /// returns, all in one transaction. A redelivered message needs no
+    /// Runs `decide` on the order (and its saga) as it is and writes what it
+    /// returns in one transaction, only if the order has not changed since;
+    /// if it has, runs `decide` again on the new state. Decisions about one
+    /// order therefore never interleave. A redelivered message needs no
     /// bookkeeping of its own: the saga's state says it changes nothing.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot be reached (the
     /// consumer retries the message), [`StoreError::Overloaded`] when too many
-    /// decisions wait, [`StoreError::Other`] when the order's row cannot be read
-    /// or the decision panicked.
+    /// decisions wait or the order kept changing, [`StoreError::Other`] when the
+    /// order's row cannot be read, the decision panicked or it settles an order
+    /// already settled.
     async fn transact(
         &self,
         order_id: OrderId,
