@@ -225,6 +225,18 @@ async fn terminal_statuses_are_final_in_sql_whatever_the_client() {
             .unwrap_err();
         assert!(err.to_string().contains("cannot go from APPROVED"), "{err}");
     }
+    let err = sqlx::query("UPDATE orders SET cancel_reason = 'USER_INVALID' WHERE id = $1")
+        .bind(order.id.0)
+        .execute(db.pool())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("can no longer change"), "{err}");
+    // A change that keeps the rule goes through.
+    sqlx::query("UPDATE orders SET updated_at = now() WHERE id = $1")
+        .bind(order.id.0)
+        .execute(db.pool())
+        .await
+        .unwrap();
     let err = sqlx::query("INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
                            VALUES ($1, 'u', 1, 1, 'cash', 'APPROVED', NULL, '', now(), now())")
         .bind(Uuid::new_v4())
