@@ -14,7 +14,7 @@ use ordersaga::adapters::kafka::KafkaSettings;
 use ordersaga::adapters::mongo::{MongoEventLog, MongoSettings};
 use ordersaga::adapters::postgres::PgStore;
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use uuid::Uuid;
 
 pub fn database_url() -> String {
@@ -101,7 +101,7 @@ impl TestDb {
             .await
             .unwrap();
         admin.close().await.unwrap();
-        let pool = PgPoolOptions::new()
+        let pool = ordersaga::adapters::postgres::pool_options()
             .max_connections(8)
             .connect_with(base.database(&name))
             .await

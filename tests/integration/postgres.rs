@@ -1042,6 +1042,30 @@ async fn orders_placed_while_the_inserts_are_busy_are_inserted_together_each_com
 /// Every connection of the pool runs with DATABASE_STATEMENT_TIMEOUT_MS: a
 /// statement stuck on a lock or a slow plan is cancelled, not left holding a
 /// connection.
+/// A connection the server closed while the pool was quiet is found and
+/// replaced when it is next handed out: the statement never meets it.
+#[tokio::test]
+async fn a_connection_closed_while_idle_is_replaced_before_a_statement_meets_it() {
+    let db = TestDb::new().await;
+    let pool = ordersaga::adapters::postgres::pool_options()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let backend = "SELECT pg_backend_pid()";
+    let first: i32 = sqlx::query_scalar(backend).fetch_one(&pool).await.unwrap();
+    let closed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert!(closed);
+    // Idle long enough to be checked when handed out (CHECK_AFTER_IDLE).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let second: i32 = sqlx::query_scalar(backend).fetch_one(&pool).await.unwrap();
+    assert_ne!(first, second, "a new connection");
+}
+
 #[tokio::test]
 async fn every_pooled_connection_has_the_statement_timeout() {
     let db = TestDb::new().await;

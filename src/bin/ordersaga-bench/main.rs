@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use sqlx::postgres::PgPoolOptions;
 
 use ordersaga::config::{DbArgs, KafkaArgs, LogArgs};
 
@@ -113,7 +112,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return ordersaga::adapters::kafka::delete_topics(&kafka).await;
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-    let pool = PgPoolOptions::new()
+    let pool = ordersaga::adapters::postgres::pool_options()
         .max_connections(args.concurrency + 2)
         .acquire_timeout(Duration::from_secs(10))
         .connect(&args.db.url().map_err(anyhow::Error::msg)?)
