@@ -891,16 +891,41 @@ async fn a_commit_that_writes_to_the_log_wakes_the_relays_here_and_elsewhere() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     tokio::spawn(db.store.clone().announce_log(shutdown));
-    service(&db).place(form("1", "u"), "c", None).await.unwrap();
+    let order = service(&db)
+        .place(form("1", "u"), "c", None)
+        .await
+        .unwrap()
+        .order;
     // A relay in this process is woken at once, not after its idle poll.
+    let woken = |feed: Feed| {
+        let store = db.store.clone();
+        async move {
+            let started = std::time::Instant::now();
+            store.wait_for_work(feed, Duration::from_secs(30)).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{feed:?} relay not woken"
+            );
+        }
+    };
     for feed in Feed::ALL {
-        let started = std::time::Instant::now();
-        db.store.wait_for_work(feed, Duration::from_secs(30)).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{feed:?} relay not woken"
-        );
+        woken(feed).await;
     }
+    // So is the events relay by a saga decision that logs an event and sends nothing.
+    let log_an_event = |ctx: &SagaContext| {
+        let mut write = start_decision(ctx)?;
+        let started = NewEvent::new(
+            ctx.order.id,
+            ordersaga::domain::SagaEventKind::SagaStarted,
+            serde_json::json!({}),
+            Utc::now(),
+        );
+        write.entries.push(LogEntry::event(started));
+        Some(write)
+    };
+    let outcome = db.store.transact(order.id, Box::new(log_an_event)).await;
+    assert_eq!(outcome.unwrap(), SagaOutcome::Applied);
+    woken(Feed::Events).await;
     // Relays in other processes hear a NOTIFY, sent after the commit.
     let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
         .await

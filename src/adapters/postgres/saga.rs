@@ -311,13 +311,14 @@ impl Writer {
                     (Some(_), None) => changed.push(c.ctx.order.id.0),
                 }
             }
-            if orders.iter().any(|c| {
-                c.write
-                    .as_ref()
-                    .is_some_and(|w| w.messages().next().is_some())
-                    && written.contains_key(&c.ctx.order.id.0)
-            }) {
-                self.wake.committed(true);
+            if !written.is_empty() {
+                // The relays look for what was logged: events, and messages if any.
+                self.wake.committed(orders.iter().any(|c| {
+                    c.write
+                        .as_ref()
+                        .is_some_and(|w| w.messages().next().is_some())
+                        && written.contains_key(&c.ctx.order.id.0)
+                }));
             }
             self.known.forget(changed.iter().copied());
             let (again, done): (Vec<usize>, Vec<usize>) = pending
