@@ -270,7 +270,8 @@ impl Writer {
                 Ok(current) => current,
                 Err(e) => {
                     self.known.forget(ids);
-                    return Err(e);
+                    fail_pending(&mut outcomes, &mut pending, jobs, e)?;
+                    break;
                 }
             };
             let mut decided = HashMap::with_capacity(pending.len());
@@ -300,7 +301,8 @@ impl Writer {
                 Ok(written) => written,
                 Err(e) => {
                     self.known.forget(ids);
-                    return Err(e);
+                    fail_pending(&mut outcomes, &mut pending, jobs, e)?;
+                    break;
                 }
             };
             let mut changed = Vec::new();
@@ -382,6 +384,25 @@ impl Writer {
         }
         Ok(current)
     }
+}
+
+/// A read or write of `transact` failed with `e`. Before anything was
+/// written that is the whole batch's failure (`Err`, so the writer retries its
+/// jobs one by one); after an earlier round wrote some jobs, only the jobs
+/// still pending fail, each with `e`'s kind.
+fn fail_pending(
+    outcomes: &mut [Option<Vec<Result<SagaOutcome, StoreError>>>],
+    pending: &mut Vec<usize>,
+    jobs: &[&Job],
+    e: StoreError,
+) -> Result<(), StoreError> {
+    if outcomes.iter().all(Option::is_none) {
+        return Err(e);
+    }
+    for i in pending.drain(..) {
+        outcomes[i] = Some(spread(jobs[i], e.again()));
+    }
+    Ok(())
 }
 
 /// An order as its decisions see it (at `version`), and what they have
