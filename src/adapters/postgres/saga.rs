@@ -107,7 +107,7 @@ impl Known {
     }
 
     /// Remembers `ctx` at `version`, or forgets a settled order.
-    fn remember(&self, version: i64, ctx: &SagaContext) {
+    fn remember(&self, version: i64, ctx: SagaContext) {
         let mut known = self.lock();
         if ctx.order.status != OrderStatus::Processing {
             known.remove(&ctx.order.id.0);
@@ -119,7 +119,7 @@ impl Known {
         {
             known.remove(&any);
         }
-        known.insert(ctx.order.id.0, (version, ctx.clone()));
+        known.insert(ctx.order.id.0, (version, ctx));
     }
 
     fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
@@ -305,14 +305,6 @@ impl Writer {
                     break;
                 }
             };
-            let mut changed = Vec::new();
-            for c in &orders {
-                match (&c.write, written.get(&c.ctx.order.id.0)) {
-                    (None, _) => self.known.remember(c.version, &c.ctx),
-                    (Some(_), Some(&version)) => self.known.remember(version, &c.ctx),
-                    (Some(_), None) => changed.push(c.ctx.order.id.0),
-                }
-            }
             if !written.is_empty() {
                 // The relays look for what was logged: events, and messages if any.
                 self.wake.committed(orders.iter().any(|c| {
@@ -321,6 +313,14 @@ impl Writer {
                         .is_some_and(|w| w.messages().next().is_some())
                         && written.contains_key(&c.ctx.order.id.0)
                 }));
+            }
+            let mut changed = Vec::new();
+            for c in orders {
+                match (&c.write, written.get(&c.ctx.order.id.0)) {
+                    (None, _) => self.known.remember(c.version, c.ctx),
+                    (Some(_), Some(&version)) => self.known.remember(version, c.ctx),
+                    (Some(_), None) => changed.push(c.ctx.order.id.0),
+                }
             }
             self.known.forget(changed.iter().copied());
             let (again, done): (Vec<usize>, Vec<usize>) = pending
