@@ -9,8 +9,8 @@ use ordersaga::adapters::postgres::PgStore;
 use ordersaga::application::messages::{MessageType, Topic};
 use ordersaga::application::orders::OrderService;
 use ordersaga::application::ports::{
-    Feed, LogEntry, NewEvent, OrderStore, SagaContext, SagaLog, SagaOutcome, SagaStore, SagaWrite,
-    StoreError,
+    Feed, LogEntry, LogPosition, NewEvent, OrderStore, SagaContext, SagaLog, SagaOutcome,
+    SagaStore, SagaWrite, StoreError,
 };
 use ordersaga::application::relay::{Pass, Relay, RelaySettings};
 use ordersaga::domain::{
@@ -812,6 +812,41 @@ async fn a_row_that_commits_after_a_later_one_is_never_skipped() {
     assert_eq!(orders, [early, late.id], "both, in commit-safe order");
 }
 
+/// The log is read in the numbers' order of (txid, seq), not their text's:
+/// where a txid gains a digit (at ten million, say), a full batch takes the
+/// earlier rows first, so its position never passes a row it did not read.
+#[tokio::test]
+async fn a_full_batch_takes_the_earliest_rows_where_a_txid_gains_a_digit() {
+    let db = TestDb::new().await;
+    let order = placed_order(&db).await;
+    // Rows as transactions 99, 100 and 101 would have written them (long
+    // finished: every running transaction's id is larger).
+    sqlx::query(
+        "INSERT INTO saga_log (txid, order_id, occurred_at, event_id, event_type, payload)
+         SELECT t::text::xid8, $1, now(), gen_random_uuid(), 'saga_started', '{}'
+           FROM unnest(ARRAY[101, 100, 99]) AS t",
+    )
+    .bind(order.id.0)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let txids = |rows: Vec<ordersaga::application::ports::LogRow>| {
+        rows.iter().map(|r| r.position.0).collect::<Vec<_>>()
+    };
+    let first = db
+        .store
+        .read_log(Feed::Events, LogPosition(0, 0), 2)
+        .await
+        .unwrap();
+    assert_eq!(txids(first.rows.clone()), [99, 100]);
+    let next = db
+        .store
+        .read_log(Feed::Events, first.rows[1].position, 2)
+        .await
+        .unwrap();
+    assert_eq!(txids(next.rows)[0], 101, "then the next, in order");
+}
+
 #[tokio::test]
 async fn one_relay_at_a_time_follows_a_feed_and_another_takes_over_when_its_lease_ends() {
     let db = TestDb::new().await;
@@ -1064,9 +1099,6 @@ async fn orders_placed_while_the_inserts_are_busy_are_inserted_together_each_com
     assert_eq!(queued_xmins, 1, "the queued orders share one transaction");
 }
 
-/// Every connection of the pool runs with DATABASE_STATEMENT_TIMEOUT_MS: a
-/// statement stuck on a lock or a slow plan is cancelled, not left holding a
-/// connection.
 /// A connection the server closed while the pool was quiet is found and
 /// replaced when it is next handed out: the statement never meets it.
 #[tokio::test]
@@ -1091,6 +1123,9 @@ async fn a_connection_closed_while_idle_is_replaced_before_a_statement_meets_it(
     assert_ne!(first, second, "a new connection");
 }
 
+/// Every connection of the pool runs with DATABASE_STATEMENT_TIMEOUT_MS: a
+/// statement stuck on a lock or a slow plan is cancelled, not left holding a
+/// connection.
 #[tokio::test]
 async fn every_pooled_connection_has_the_statement_timeout() {
     let db = TestDb::new().await;

@@ -41,6 +41,10 @@ const CLAIM_SQL: &str = "UPDATE relay_feeds
 /// trim can go up to the slower one. A last row with only `held` set tells
 /// that committed rows wait at or past the horizon (the position read from
 /// is always below it: it was read under an earlier, never later, horizon).
+/// The columns are named by their table: a bare `txid` in `ORDER BY` would be
+/// the text the row is returned as, whose order is not the numbers' (`"100"`
+/// sorts before `"99"`), so at a txid that gains a digit a full batch would
+/// take later rows and its position would pass earlier ones unread.
 const READ_SQL: &str = "WITH horizon AS MATERIALIZED (
          SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
      )
@@ -55,8 +59,9 @@ const READ_SQL: &str = "WITH horizon AS MATERIALIZED (
             CASE WHEN NOT $4 THEN message END AS message,
             false AS held
        FROM saga_log, horizon
-      WHERE (txid, seq) > ($1::text::xid8, $2) AND txid < horizon.xmin
-      ORDER BY txid, seq LIMIT $3)
+      WHERE (saga_log.txid, saga_log.seq) > ($1::text::xid8, $2)
+        AND saga_log.txid < horizon.xmin
+      ORDER BY saga_log.txid, saga_log.seq LIMIT $3)
      UNION ALL
      SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
        FROM horizon
