@@ -847,6 +847,56 @@ async fn a_full_batch_takes_the_earliest_rows_where_a_txid_gains_a_digit() {
     assert_eq!(txids(next.rows)[0], 101, "then the next, in order");
 }
 
+/// A relay reads its feed four times an order or so: each read must reuse
+/// its connection's plan, not plan again for its values (planning cost
+/// PostgreSQL more than the read itself).
+#[tokio::test]
+async fn the_relays_read_is_planned_once_per_connection() {
+    let db = TestDb::new().await;
+    let order = placed_order(&db).await;
+    // A log of some length, read near its end, as a relay reads it: there,
+    // a plan for the values would look cheaper than the general one.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload)
+         SELECT '{}', now(), gen_random_uuid(), 'saga_started', '{{}}' FROM generate_series(1, 20000);
+         ANALYZE saga_log;",
+        order.id.0
+    )))
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let (txid, seq): (String, i64) =
+        sqlx::query_as("SELECT txid::text, seq FROM saga_log ORDER BY txid DESC, seq DESC LIMIT 1")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    let pool = ordersaga::adapters::postgres::pool_options()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let store = PgStore::from_pool(pool.clone());
+    for n in 0..12 {
+        let feed = if n % 2 == 0 {
+            Feed::Events
+        } else {
+            Feed::Messages
+        };
+        let after = LogPosition(txid.parse().unwrap(), seq - 20 + n);
+        store.read_log(feed, after, 5).await.unwrap();
+    }
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+          WHERE statement LIKE '%pg_snapshot_xmin%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // PostgreSQL makes five custom plans before it compares them with the generic one.
+    assert!(custom <= 5, "{custom} custom plans, {generic} generic");
+    assert_eq!(generic + custom, 12);
+}
+
 #[tokio::test]
 async fn one_relay_at_a_time_follows_a_feed_and_another_takes_over_when_its_lease_ends() {
     let db = TestDb::new().await;

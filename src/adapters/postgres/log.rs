@@ -45,6 +45,12 @@ const CLAIM_SQL: &str = "UPDATE relay_feeds
 /// the text the row is returned as, whose order is not the numbers' (`"100"`
 /// sorts before `"99"`), so at a txid that gains a digit a full batch would
 /// take later rows and its position would pass earlier ones unread.
+///
+/// The position and the limit come through sub-selects, which the planner
+/// cannot see into: every read's plan is then the same (the primary key, in
+/// order, from the position), and PostgreSQL keeps one plan per connection
+/// instead of planning each read for its values. That planning cost more
+/// than the read: 0.15–0.26 ms against about 0.05 ms, four reads an order.
 const READ_SQL: &str = "WITH horizon AS MATERIALIZED (
          SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
      )
@@ -59,9 +65,9 @@ const READ_SQL: &str = "WITH horizon AS MATERIALIZED (
             CASE WHEN NOT $4 THEN message END AS message,
             false AS held
        FROM saga_log, horizon
-      WHERE (saga_log.txid, saga_log.seq) > ($1::text::xid8, $2)
+      WHERE (saga_log.txid, saga_log.seq) > ((SELECT $1::text::xid8), (SELECT $2::bigint))
         AND saga_log.txid < horizon.xmin
-      ORDER BY saga_log.txid, saga_log.seq LIMIT $3)
+      ORDER BY saga_log.txid, saga_log.seq LIMIT (SELECT $3::bigint))
      UNION ALL
      SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
        FROM horizon
