@@ -1016,7 +1016,54 @@ async fn a_commit_that_writes_to_the_log_wakes_the_relays_here_and_elsewhere() {
         .await
         .expect("notified")
         .unwrap();
-    assert_eq!(n.payload(), "log");
+    assert!(
+        Uuid::parse_str(n.payload()).is_ok(),
+        "names the store that announced: {}",
+        n.payload()
+    );
+}
+
+/// A NOTIFY wakes the relays of every other store, but not those of the
+/// store that sent it: they were woken at its commit already, and a second
+/// wake-up would only cost each of them a read that finds nothing.
+#[tokio::test]
+async fn an_announcement_wakes_the_other_stores_relays_not_its_own() {
+    let db = TestDb::new().await;
+    let (here, elsewhere) = (db.store.clone(), PgStore::from_pool(db.pool().clone()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(here.clone().listen_for_log(shutdown.clone()));
+    tokio::spawn(elsewhere.clone().listen_for_log(shutdown.clone()));
+    tokio::spawn(here.clone().announce_log(shutdown));
+    let woken = |store: &PgStore, feed: Feed| {
+        let store = store.clone();
+        async move {
+            let started = std::time::Instant::now();
+            store.wait_for_work(feed, Duration::from_secs(10)).await;
+            started.elapsed() < Duration::from_secs(5)
+        }
+    };
+    // Each listener wakes its relays once it listens.
+    for store in [&here, &elsewhere] {
+        assert!(woken(store, Feed::Messages).await, "listening");
+    }
+    service_on(&here)
+        .place(form("1", "u"), "c", None)
+        .await
+        .unwrap();
+    assert!(woken(&here, Feed::Messages).await, "woken at the commit");
+    assert!(
+        woken(&elsewhere, Feed::Messages).await,
+        "woken by the NOTIFY"
+    );
+    // The same NOTIFY has reached this store's listener by now, or is about to.
+    let started = std::time::Instant::now();
+    here.wait_for_work(Feed::Messages, Duration::from_secs(1))
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "woken again by its own NOTIFY"
+    );
 }
 
 /// Housekeeping trims relayed rows past the retention, but never an order's

@@ -14,6 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::Refused;
 use crate::application::ports::StoreError;
@@ -105,13 +106,27 @@ impl PgSettings {
     pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
-/// Wakes the relays after a commit that wrote log rows: this process's at
-/// once, the others' through a NOTIFY (`announce_log`).
-#[derive(Clone, Default)]
+/// Wakes the relays after a commit that wrote log rows: this store's at
+/// once, the others' through a NOTIFY (`announce_log`) that names this
+/// store, so that its own listener does not wake its relays a second time.
+#[derive(Clone)]
 pub(crate) struct Wake {
     messages: Arc<Notify>,
     events: Arc<Notify>,
     announce: Arc<Notify>,
+    /// The NOTIFY payload of this store's announcements.
+    origin: Arc<str>,
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Self {
+            messages: Arc::default(),
+            events: Arc::default(),
+            announce: Arc::default(),
+            origin: Uuid::new_v4().to_string().into(),
+        }
+    }
 }
 
 impl Wake {
@@ -246,8 +261,9 @@ impl PgStore {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.announce.notified() => {}
             }
-            let sent = sqlx::query("SELECT pg_notify($1, 'log')")
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(LOG_CHANNEL)
+                .bind(&*self.wake.origin)
                 .execute(&self.pool)
                 .await;
             if let Err(e) = sent {
@@ -319,7 +335,9 @@ impl PgStore {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 n = l.try_recv() => match n {
-                    // A notification, or the connection re-established (one may have been missed).
+                    // This store's own: its relays were woken at the commit.
+                    Ok(Some(n)) if n.payload() == &*self.wake.origin => {}
+                    // Another's, or the connection re-established (one may have been missed).
                     Ok(_) => self.wake.elsewhere(),
                     Err(e) => {
                         tracing::debug!(error = %e, "log listener lost its connection");
