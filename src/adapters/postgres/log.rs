@@ -46,11 +46,9 @@ const CLAIM_SQL: &str = "UPDATE relay_feeds
 /// sorts before `"99"`), so at a txid that gains a digit a full batch would
 /// take later rows and its position would pass earlier ones unread.
 ///
-/// The position and the limit come through sub-selects, which the planner
-/// cannot see into: every read's plan is then the same (the primary key, in
-/// order, from the position), and PostgreSQL keeps one plan per connection
-/// instead of planning each read for its values. That planning cost more
-/// than the read: 0.15–0.26 ms against about 0.05 ms, four reads an order.
+/// The position and the limit come through sub-selects, so that each
+/// connection keeps one plan (see the module `postgres`): planning a read
+/// for its values cost 0.15–0.26 ms, the read itself about 0.05 ms.
 const READ_SQL: &str = "WITH horizon AS MATERIALIZED (
          SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
      )

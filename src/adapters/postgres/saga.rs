@@ -46,11 +46,13 @@ struct StoredOrder {
 }
 
 /// Reads the orders `$1` with their sagas and versions (`xmin`, the
-/// transaction that wrote the row last), without locking them.
+/// transaction that wrote the row last), without locking them. (The values
+/// of this statement and the next come through sub-selects: one plan per
+/// connection, see the module `postgres`.)
 static READ_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {ORDER_COLUMNS}, correlation_id, saga, xmin::text::bigint AS version
-           FROM orders WHERE id = ANY($1)"
+           FROM orders WHERE id = ANY((SELECT $1::uuid[])::uuid[])"
     )
 });
 
@@ -66,7 +68,8 @@ const WRITE_SQL: &str = "WITH updated AS (
                 status = coalesce(w.status, o.status),
                 cancel_reason = CASE WHEN w.status IS NULL THEN o.cancel_reason ELSE w.reason END,
                 updated_at = CASE WHEN w.status IS NULL THEN o.updated_at ELSE $7 END
-           FROM UNNEST($1::uuid[], $2::bigint[], $3::jsonb[], $4::timestamptz[], $5::text[], $6::text[])
+           FROM UNNEST((SELECT $1::uuid[]), (SELECT $2::bigint[]), (SELECT $3::jsonb[]),
+                       (SELECT $4::timestamptz[]), (SELECT $5::text[]), (SELECT $6::text[]))
                 AS w (id, version, saga, next_deadline, status, reason)
           WHERE o.id = w.id AND o.xmin = w.version::text::xid
             AND (w.status IS NULL OR o.status = 'PROCESSING')
@@ -76,8 +79,10 @@ const WRITE_SQL: &str = "WITH updated AS (
                                message_id, topic, message_type, correlation_id, message)
          SELECT e.order_id, e.occurred_at, e.event_id, e.event_type, e.payload,
                 e.message_id, e.topic, e.message_type, e.correlation_id, e.message
-           FROM UNNEST($8::uuid[], $9::timestamptz[], $10::uuid[], $11::text[], $12::jsonb[],
-                       $13::uuid[], $14::text[], $15::text[], $16::text[], $17::jsonb[])
+           FROM UNNEST((SELECT $8::uuid[]), (SELECT $9::timestamptz[]), (SELECT $10::uuid[]),
+                       (SELECT $11::text[]), (SELECT $12::jsonb[]), (SELECT $13::uuid[]),
+                       (SELECT $14::text[]), (SELECT $15::text[]), (SELECT $16::text[]),
+                       (SELECT $17::jsonb[]))
                 WITH ORDINALITY
                 AS e (order_id, occurred_at, event_id, event_type, payload,
                       message_id, topic, message_type, correlation_id, message, n)
