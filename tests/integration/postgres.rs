@@ -910,6 +910,40 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
     }
 }
 
+/// The hot path's statements keep their connection for the next one
+/// (`warm.rs`), unchecked; one kept past a second idle goes back to the
+/// pool, which checks it: a connection the server closed while the service
+/// was quiet is replaced before a statement meets it.
+#[tokio::test]
+async fn a_kept_connection_closed_while_idle_is_replaced_before_a_statement_meets_it() {
+    let db = TestDb::new().await;
+    let pool = ordersaga::adapters::postgres::pool_options()
+        .max_connections(3)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let store = PgStore::from_pool(pool);
+    store
+        .read_log(Feed::Events, LogPosition(0, 0), 10)
+        .await
+        .unwrap();
+    // The server closes every connection to this database but this one.
+    let closed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert!(!closed.is_empty() && closed.iter().all(|c| *c));
+    // Idle long enough to go back to the pool (CHECK_AFTER_IDLE).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    store
+        .read_log(Feed::Events, LogPosition(0, 0), 10)
+        .await
+        .expect("a new connection");
+}
+
 #[tokio::test]
 async fn one_relay_at_a_time_follows_a_feed_and_another_takes_over_when_its_lease_ends() {
     let db = TestDb::new().await;

@@ -197,12 +197,17 @@ impl SagaLog for PgStore {
         after: LogPosition,
         limit: u32,
     ) -> Result<LogBatch, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(READ_SQL)
-            .bind(after.0.to_string())
-            .bind(after.1)
-            .bind(i64::from(limit))
-            .bind(feed == Feed::Events)
-            .fetch_all(&self.pool)
+        let rows: Vec<Row> = self
+            .warm
+            .run(async |c| {
+                sqlx::query_as(READ_SQL)
+                    .bind(after.0.to_string())
+                    .bind(after.1)
+                    .bind(i64::from(limit))
+                    .bind(feed == Feed::Events)
+                    .fetch_all(c)
+                    .await
+            })
             .await
             .map_err(classify)?;
         let mut batch = LogBatch {

@@ -16,6 +16,7 @@ mod group;
 mod log;
 mod orders;
 mod saga;
+mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,6 +170,8 @@ impl Wake {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections kept between the hot path's statements (`warm.rs`).
+    warm: Arc<warm::Warm>,
     wake: Wake,
     /// Saga decisions waiting for a writer (group commit, see `saga.rs`).
     sagas: Arc<saga::SagaQueue>,
@@ -237,6 +240,7 @@ impl PgStore {
     /// A store on `pool`, with the default saga writers.
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
+            warm: Arc::new(warm::Warm::new(pool.clone())),
             pool,
             wake: Wake::default(),
             sagas: Arc::new(saga::SagaQueue::new(
@@ -273,10 +277,16 @@ impl PgStore {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.announce.notified() => {}
             }
-            let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(LOG_CHANNEL)
-                .bind(&*self.wake.origin)
-                .execute(&self.pool)
+            let origin = &*self.wake.origin;
+            let sent = self
+                .warm
+                .run(async |c| {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(LOG_CHANNEL)
+                        .bind(origin)
+                        .execute(c)
+                        .await
+                })
                 .await;
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "cannot announce log rows; relays elsewhere will find them on their idle poll");

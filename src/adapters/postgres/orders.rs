@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -17,6 +17,7 @@ use crate::application::ports::{
 use crate::domain::{Installment, Money, NewOrder, Order, OrderId, UserId};
 
 use super::group::{GroupQueue, Jobs, NotQueued, next_batch};
+use super::warm::Warm;
 use super::{PgStore, Wake, classify, column, corrupt};
 
 pub(super) const ORDER_COLUMNS: &str =
@@ -163,11 +164,11 @@ impl InsertQueue {
         taken.then(|| RunningGuard(self.running.clone()))
     }
 
-    fn submit(&self, pool: &PgPool, wake: &Wake, job: Insert) {
+    fn submit(&self, warm: &Arc<Warm>, wake: &Wake, job: Insert) {
         let start = |jobs: Jobs<Insert>| {
             for _ in 0..self.writers {
-                let (pool, wake, running) = (pool.clone(), wake.clone(), self.running.clone());
-                tokio::spawn(insert_loop(pool, wake, running, jobs.clone()));
+                let (warm, wake, running) = (warm.clone(), wake.clone(), self.running.clone());
+                tokio::spawn(insert_loop(warm, wake, running, jobs.clone()));
             }
         };
         match self.queue.submit(job, start) {
@@ -195,20 +196,16 @@ impl Drop for RunningGuard {
     }
 }
 
-async fn insert_loop(pool: PgPool, wake: Wake, running: Arc<AtomicUsize>, jobs: Jobs<Insert>) {
+async fn insert_loop(warm: Arc<Warm>, wake: Wake, running: Arc<AtomicUsize>, jobs: Jobs<Insert>) {
     while let Some(batch) = next_batch(&jobs, ORDER_BATCH_MAX).await {
         running.fetch_add(1, Ordering::SeqCst);
         let _running = RunningGuard(running.clone());
         metrics::histogram!(crate::metrics::ORDER_BATCH_SIZE).record(batch.len() as f64);
         let outcome = if batch.len() == 1 {
             let j = &batch[0];
-            insert_order(&j.order, &j.correlation_id, &j.event, &j.message)
-                .execute(&pool)
-                .await
-                .map(|_| ())
-                .map_err(classify)
+            insert_one(&warm, j).await
         } else {
-            insert_batch(&pool, &batch).await.map_err(classify)
+            insert_batch(&warm, &batch).await.map_err(classify)
         };
         match outcome {
             Ok(()) => {
@@ -229,11 +226,7 @@ async fn insert_loop(pool: PgPool, wake: Wake, running: Arc<AtomicUsize>, jobs: 
                 // One order's failure must not fail the others: one by one.
                 tracing::debug!(error = %e, orders = batch.len(), "order batch failed; inserting its orders one by one");
                 for j in batch {
-                    let one = insert_order(&j.order, &j.correlation_id, &j.event, &j.message)
-                        .execute(&pool)
-                        .await
-                        .map(|_| ())
-                        .map_err(classify);
+                    let one = insert_one(&warm, &j).await;
                     if one.is_ok() {
                         wake.committed(true);
                     }
@@ -244,8 +237,16 @@ async fn insert_loop(pool: PgPool, wake: Wake, running: Arc<AtomicUsize>, jobs: 
     }
 }
 
-async fn insert_batch(pool: &PgPool, batch: &[Insert]) -> Result<(), sqlx::Error> {
-    sqlx::query(INSERT_BATCH_SQL)
+async fn insert_one(warm: &Warm, j: &Insert) -> Result<(), StoreError> {
+    let query = insert_order(&j.order, &j.correlation_id, &j.event, &j.message);
+    warm.run(async |c| query.execute(c).await)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+}
+
+async fn insert_batch(warm: &Warm, batch: &[Insert]) -> Result<(), sqlx::Error> {
+    let query = sqlx::query(INSERT_BATCH_SQL)
         .bind(column(batch, |j| j.order.id.0))
         .bind(column(batch, |j| j.order.user_id.as_str()))
         .bind(column(batch, |j| j.order.value.amount()))
@@ -262,10 +263,8 @@ async fn insert_batch(pool: &PgPool, batch: &[Insert]) -> Result<(), sqlx::Error
         .bind(column(batch, |j| j.message.message_id))
         .bind(column(batch, |j| j.message.topic.name()))
         .bind(column(batch, |j| j.message.message_type.as_str()))
-        .bind(column(batch, |j| j.message.payload.clone()))
-        .execute(pool)
-        .await
-        .map(|_| ())
+        .bind(column(batch, |j| j.message.payload.clone()));
+    warm.run(async |c| query.execute(c).await).await.map(|_| ())
 }
 
 impl PgStore {
@@ -284,7 +283,7 @@ impl PgStore {
             message: order_created(entry)?.clone(),
             done,
         };
-        self.inserts.submit(&self.pool, &self.wake, job);
+        self.inserts.submit(&self.warm, &self.wake, job);
         outcome.await.unwrap_or_else(|_| {
             Err(StoreError::Other(anyhow::anyhow!(
                 "the order writer stopped before inserting order {}",
@@ -349,7 +348,11 @@ impl OrderStore for PgStore {
             // with the other orders waiting (one statement, one commit).
             None => {
                 if let Some(_slot) = self.inserts.inline_slot() {
-                    insert().execute(&self.pool).await.map_err(classify)?;
+                    let insert = insert();
+                    self.warm
+                        .run(async |c| insert.execute(c).await)
+                        .await
+                        .map_err(classify)?;
                 } else {
                     self.queue_insert(order, correlation_id, entry).await?;
                     // The writer has woken the relays.

@@ -23,7 +23,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -34,6 +33,7 @@ use crate::domain::{Order, OrderId, OrderStatus, Saga, Settlement};
 
 use super::group::{GroupQueue, Jobs, NotQueued, next_batch};
 use super::orders::{ORDER_COLUMNS, OrderRow};
+use super::warm::Warm;
 use super::{PgStore, Wake, classify, column, corrupt};
 
 #[derive(sqlx::FromRow)]
@@ -179,11 +179,11 @@ impl SagaQueue {
         }
     }
 
-    fn submit(&self, pool: &PgPool, wake: &Wake, job: Job) {
+    fn submit(&self, warm: &Arc<Warm>, wake: &Wake, job: Job) {
         let start = |jobs: Jobs<Job>| {
             for _ in 0..self.writers {
                 let writer = Writer {
-                    pool: pool.clone(),
+                    warm: warm.clone(),
                     wake: wake.clone(),
                     batch_max: self.batch_max,
                     known: self.known.clone(),
@@ -210,7 +210,7 @@ impl SagaQueue {
 }
 
 struct Writer {
-    pool: PgPool,
+    warm: Arc<Warm>,
     wake: Wake,
     batch_max: usize,
     known: Arc<Known>,
@@ -302,7 +302,7 @@ impl Writer {
             // Sorted by id (`current` is not): see WRITE_SQL.
             let mut orders: Vec<Current> = current.into_values().filter_map(Result::ok).collect();
             orders.sort_unstable_by_key(|c| c.ctx.order.id.0);
-            let written = match write(&self.pool, &orders).await {
+            let written = match write(&self.warm, &orders).await {
                 Ok(written) => written,
                 Err(e) => {
                     self.known.forget(ids);
@@ -376,9 +376,14 @@ impl Writer {
             }
         }
         if !missing.is_empty() {
-            let stored: Vec<StoredOrder> = sqlx::query_as(sqlx::AssertSqlSafe(READ_SQL.as_str()))
-                .bind(&missing)
-                .fetch_all(&self.pool)
+            let stored: Vec<StoredOrder> = self
+                .warm
+                .run(async |c| {
+                    sqlx::query_as(sqlx::AssertSqlSafe(READ_SQL.as_str()))
+                        .bind(&missing)
+                        .fetch_all(c)
+                        .await
+                })
                 .await
                 .map_err(classify)?;
             current.extend(
@@ -487,7 +492,7 @@ fn message(e: &LogEntry) -> Option<&crate::application::messages::OutboundMessag
 /// Writes what the decisions about `orders` decided, in one statement (its
 /// own transaction); returns the orders written, each with its new version.
 /// An order missing from it changed since its decisions read it.
-async fn write(pool: &PgPool, orders: &[Current]) -> Result<HashMap<Uuid, i64>, StoreError> {
+async fn write(warm: &Warm, orders: &[Current]) -> Result<HashMap<Uuid, i64>, StoreError> {
     let writes: Vec<(Uuid, i64, &SagaWrite)> = orders
         .iter()
         .filter_map(|c| c.write.as_ref().map(|w| (c.ctx.order.id.0, c.version, w)))
@@ -506,7 +511,7 @@ async fn write(pool: &PgPool, orders: &[Current]) -> Result<HashMap<Uuid, i64>, 
         .iter()
         .flat_map(|&(id, _, w)| w.entries.iter().map(move |e| (id, e)))
         .collect();
-    let written: Vec<(Uuid, i64)> = sqlx::query_as(WRITE_SQL)
+    let query = sqlx::query_as::<_, (Uuid, i64)>(WRITE_SQL)
         .bind(column(&writes, |(id, _, _)| *id))
         .bind(column(&writes, |(_, version, _)| *version))
         .bind(states)
@@ -531,8 +536,9 @@ async fn write(pool: &PgPool, orders: &[Current]) -> Result<HashMap<Uuid, i64>, 
         }))
         .bind(column(&entries, |(_, e)| {
             message(e).map(|m| m.payload.clone())
-        }))
-        .fetch_all(pool)
+        }));
+    let written = warm
+        .run(async |c| query.fetch_all(c).await)
         .await
         .map_err(classify)?;
     Ok(written.into_iter().collect())
@@ -563,7 +569,7 @@ impl SagaStore for PgStore {
             decisions,
             done,
         };
-        self.sagas.submit(&self.pool, &self.wake, job);
+        self.sagas.submit(&self.warm, &self.wake, job);
         outcome.await.unwrap_or_else(|_| {
             (0..n)
                 .map(|_| {
