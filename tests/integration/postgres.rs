@@ -956,10 +956,14 @@ async fn one_relay_at_a_time_follows_a_feed_and_another_takes_over_when_its_leas
     let lease = Duration::from_millis(300);
     let first = relay_on(&db.store, &a, &log, lease);
     let second = relay_on(&db.store, &b, &log, lease);
+    // When the first relay's last pass began: it held the feed then for two
+    // thirds of the lease at least (a pass renews a lease a third old).
+    let last_pass = std::sync::Mutex::new(std::time::Instant::now());
     crate::common::eventually(
         "the first relay's first batch",
         Duration::from_secs(10),
         || async {
+            *last_pass.lock().unwrap() = std::time::Instant::now();
             matches!(
                 first.pass(Feed::Messages).await.unwrap(),
                 Pass::Relayed { sent: 7, .. }
@@ -970,7 +974,7 @@ async fn one_relay_at_a_time_follows_a_feed_and_another_takes_over_when_its_leas
     .await;
     assert_eq!(second.pass(Feed::Messages).await.unwrap(), Pass::Held);
     // The first relay stops (its process died): once its lease ends, the second goes on from the recorded position.
-    let started = std::time::Instant::now();
+    let started = *last_pass.lock().unwrap();
     let taken =
         crate::common::eventually("the feed taken over", Duration::from_secs(10), || async {
             match second.pass(Feed::Messages).await.unwrap() {
