@@ -854,37 +854,61 @@ async fn a_full_batch_takes_the_earliest_rows_where_a_txid_gains_a_digit() {
 async fn the_statements_of_every_order_are_planned_once_per_connection() {
     let db = TestDb::new().await;
     let order = placed_order(&db).await;
-    // A log of some length, read near its end, as a relay reads it: there,
-    // a plan for the values would look cheaper than the general one.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload)
-         SELECT '{}', now(), gen_random_uuid(), 'saga_started', '{{}}' FROM generate_series(1, 20000);
-         ANALYZE saga_log;",
-        order.id.0
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    let (txid, seq): (String, i64) =
-        sqlx::query_as("SELECT txid::text, seq FROM saga_log ORDER BY txid DESC, seq DESC LIMIT 1")
-            .fetch_one(db.pool())
+    // A log of `rows` more rows, analyzed, as a relay finds it.
+    let grow = |rows: u32| {
+        let pool = db.pool().clone();
+        async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload)
+                 SELECT '{}', now(), gen_random_uuid(), 'saga_started', '{{}}' FROM generate_series(1, {rows});
+                 ANALYZE saga_log;",
+                order.id.0
+            )))
+            .execute(&pool)
             .await
             .unwrap();
+            let (txid, seq): (String, i64) = sqlx::query_as(
+                "SELECT txid::text, seq FROM saga_log ORDER BY txid DESC, seq DESC LIMIT 1",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (txid.parse::<u64>().unwrap(), seq)
+        }
+    };
     let pool = ordersaga::adapters::postgres::pool_options()
         .max_connections(1)
         .connect(&db.url)
         .await
         .unwrap();
     let store = PgStore::from_pool(pool.clone());
-    const RUNS: i64 = 12;
-    for n in 0..RUNS {
+    // Reads near the log's end in batches of 500, as a relay reads it: there,
+    // a plan for the values would look cheaper than the general one.
+    let read = |(txid, seq): (u64, i64), n: i64| {
         let feed = if n % 2 == 0 {
             Feed::Events
         } else {
             Feed::Messages
         };
-        let after = LogPosition(txid.parse().unwrap(), seq - 20 + n);
-        store.read_log(feed, after, 5).await.unwrap();
+        let store = store.clone();
+        async move {
+            store
+                .read_log(feed, LogPosition(txid, seq - 20 + n), 500)
+                .await
+                .unwrap();
+        }
+    };
+    const RUNS: i64 = 12;
+    let end = grow(10_000).await;
+    for n in 0..RUNS {
+        read(end, n).await;
+    }
+    // The log grows twentyfold and its statistics with it: the plan is made
+    // again, and must still be kept (a general plan costed higher than the
+    // custom plans averaged so far sent PostgreSQL back to planning each read).
+    let end = grow(200_000).await;
+    for n in 0..RUNS {
+        read(end, n).await;
     }
     // Sagas started one at a time: each reads its order, then writes it.
     for order in place_orders(&service_on(&store), RUNS as u32).await {
@@ -906,7 +930,12 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
             custom <= 5,
             "{custom} custom plans, {generic} generic: {statement}"
         );
-        assert_eq!(generic + custom, RUNS, "{statement}");
+        let runs = if statement.contains("pg_snapshot_xmin") {
+            2 * RUNS
+        } else {
+            RUNS
+        };
+        assert_eq!(generic + custom, runs, "{statement}");
     }
 }
 
