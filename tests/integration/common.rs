@@ -121,6 +121,16 @@ impl TestDb {
     pub fn pool(&self) -> &sqlx::PgPool {
         self.store.pool()
     }
+
+    /// A pool of its own on this database, of `connections`, with the
+    /// service's options: for a test that watches what one connection does.
+    pub async fn pool_of(&self, connections: u32) -> sqlx::PgPool {
+        ordersaga::adapters::postgres::pool_options()
+            .max_connections(connections)
+            .connect(&self.url)
+            .await
+            .unwrap()
+    }
 }
 
 impl TestDb {

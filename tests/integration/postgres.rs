@@ -876,11 +876,7 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
             (txid.parse::<u64>().unwrap(), seq)
         }
     };
-    let pool = ordersaga::adapters::postgres::pool_options()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .unwrap();
+    let pool = db.pool_of(1).await;
     let store = PgStore::from_pool(pool.clone());
     // Reads near the log's end in batches of 500, as a relay reads it: there,
     // a plan for the values would look cheaper than the general one.
@@ -946,11 +942,7 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
 #[tokio::test]
 async fn a_kept_connection_closed_while_idle_is_replaced_before_a_statement_meets_it() {
     let db = TestDb::new().await;
-    let pool = ordersaga::adapters::postgres::pool_options()
-        .max_connections(3)
-        .connect(&db.url)
-        .await
-        .unwrap();
+    let pool = db.pool_of(3).await;
     let store = PgStore::from_pool(pool);
     store
         .read_log(Feed::Events, LogPosition(0, 0), 10)
@@ -1281,11 +1273,7 @@ async fn orders_placed_while_the_inserts_are_busy_are_inserted_together_each_com
 #[tokio::test]
 async fn a_connection_closed_while_idle_is_replaced_before_a_statement_meets_it() {
     let db = TestDb::new().await;
-    let pool = ordersaga::adapters::postgres::pool_options()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .unwrap();
+    let pool = db.pool_of(1).await;
     let backend = "SELECT pg_backend_pid()";
     let first: i32 = sqlx::query_scalar(backend).fetch_one(&pool).await.unwrap();
     let closed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
