@@ -1138,6 +1138,55 @@ async fn an_announcement_wakes_the_other_stores_relays_not_its_own() {
     );
 }
 
+/// While a store's relays hold both feeds, no relay elsewhere follows the
+/// log: its commits wake its own relays in memory and send no NOTIFY. Once
+/// they no longer hold both, its commits are announced again.
+#[tokio::test]
+async fn a_store_whose_relays_hold_both_feeds_announces_nothing() {
+    let db = TestDb::new().await;
+    let (here, elsewhere) = (db.store.clone(), PgStore::from_pool(db.pool().clone()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(elsewhere.clone().listen_for_log(shutdown.clone()));
+    tokio::spawn(here.clone().announce_log(shutdown));
+    // How long `elsewhere`'s message relay waits for a wake-up, at most `wait`.
+    let waited = |wait: Duration| {
+        let store = elsewhere.clone();
+        async move {
+            let started = std::time::Instant::now();
+            store.wait_for_work(Feed::Messages, wait).await;
+            started.elapsed()
+        }
+    };
+    assert!(
+        waited(Duration::from_secs(10)).await < Duration::from_secs(5),
+        "listening"
+    );
+    let relay = Uuid::new_v4();
+    for feed in Feed::ALL {
+        let held = here
+            .claim_feed(feed, relay, Duration::from_secs(60), None)
+            .await;
+        assert!(held.unwrap().is_some(), "{feed:?}");
+    }
+    let svc = service_on(&here);
+    svc.place(form("1", "u"), "c", None).await.unwrap();
+    assert!(
+        waited(Duration::from_secs(1)).await >= Duration::from_millis(900),
+        "no NOTIFY while this store's relays hold both feeds"
+    );
+    // The events feed's lease, renewed for a millisecond, ends at once.
+    let held = here
+        .claim_feed(Feed::Events, relay, Duration::from_millis(1), None)
+        .await;
+    assert!(held.unwrap().is_some());
+    svc.place(form("2", "u"), "c", None).await.unwrap();
+    assert!(
+        waited(Duration::from_secs(10)).await < Duration::from_secs(5),
+        "announced once a feed is not held here"
+    );
+}
+
 /// Housekeeping trims relayed rows past the retention, but never an order's
 /// status history, and never a row a feed has not passed.
 #[tokio::test]

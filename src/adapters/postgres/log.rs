@@ -10,7 +10,7 @@
 //! would be skipped.) The price: a transaction that stays open anywhere in
 //! the cluster holds the relays back until it ends.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -185,15 +185,24 @@ impl SagaLog for PgStore {
         lease: Duration,
         position: Option<LogPosition>,
     ) -> Result<Option<LogPosition>, StoreError> {
-        let claimed: Option<(String, i64)> = sqlx::query_as(CLAIM_SQL)
-            .bind(feed.as_str())
-            .bind(holder)
-            .bind(lease)
-            .bind(position.map(|p| p.0.to_string()))
-            .bind(position.map(|p| p.1))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(classify)?;
+        let asked = Instant::now();
+        let claimed: Result<Option<(String, i64)>, _> = self
+            .warm
+            .run(async |c| {
+                sqlx::query_as(CLAIM_SQL)
+                    .bind(feed.as_str())
+                    .bind(holder)
+                    .bind(lease)
+                    .bind(position.map(|p| p.0.to_string()))
+                    .bind(position.map(|p| p.1))
+                    .fetch_optional(c)
+                    .await
+            })
+            .await;
+        // Held from before the claim was asked: never past the database's lease.
+        let held = matches!(claimed, Ok(Some(_))).then(|| asked + lease);
+        self.wake.hold(feed, held);
+        let claimed = claimed.map_err(classify)?;
         claimed
             .map(|(t, seq)| Ok(LogPosition(txid(&t)?, seq)))
             .transpose()

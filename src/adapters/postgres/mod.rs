@@ -18,8 +18,8 @@ mod orders;
 mod saga;
 mod warm;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::migrate::MigrateDatabase;
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Refused;
-use crate::application::ports::StoreError;
+use crate::application::ports::{Feed, StoreError};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -122,6 +122,8 @@ impl PgSettings {
 /// Wakes the relays after a commit that wrote log rows: this store's at
 /// once, the others' through a NOTIFY (`announce_log`) that names this
 /// store, so that its own listener does not wake its relays a second time.
+/// While this store's relays hold both feeds, no relay elsewhere follows
+/// the log, and no NOTIFY is sent.
 #[derive(Clone)]
 pub(crate) struct Wake {
     messages: Arc<Notify>,
@@ -129,6 +131,10 @@ pub(crate) struct Wake {
     announce: Arc<Notify>,
     /// The NOTIFY payload of this store's announcements.
     origin: Arc<str>,
+    /// Until when a relay of this store holds each feed (`claim_feed`), by
+    /// `Feed::ALL`'s order; from a clock read before the claim, so never
+    /// later than the lease the database gave.
+    held: Arc<Mutex<[Option<Instant>; 2]>>,
 }
 
 impl Default for Wake {
@@ -138,6 +144,7 @@ impl Default for Wake {
             events: Arc::default(),
             announce: Arc::default(),
             origin: Uuid::new_v4().to_string().into(),
+            held: Arc::default(),
         }
     }
 }
@@ -163,6 +170,24 @@ impl Wake {
     fn elsewhere(&self) {
         self.messages.notify_one();
         self.events.notify_one();
+    }
+
+    /// A relay of this store holds `feed` until `until` (`None`: it does not,
+    /// or may not).
+    fn hold(&self, feed: Feed, until: Option<Instant>) {
+        let i = Feed::ALL.iter().position(|f| *f == feed).unwrap_or(0);
+        self.held.lock().unwrap_or_else(|e| e.into_inner())[i] = until;
+    }
+
+    /// Whether this store's relays hold every feed now: then a commit here
+    /// has woken every relay that follows the log.
+    fn held_here(&self) -> bool {
+        let now = Instant::now();
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .all(|until| until.is_some_and(|t| t > now))
     }
 }
 
@@ -270,12 +295,17 @@ impl PgStore {
     /// Sends a NOTIFY on the log channel after commits that wrote log rows
     /// (`Wake::committed`), at most one per `ANNOUNCE_GAP`, outside those
     /// transactions. Relays in other processes hear it through `listen_for_log`;
-    /// if one is missed they still look every idle poll.
+    /// if one is missed they still look every idle poll. None is sent while
+    /// this store's own relays hold both feeds (`ordersaga all` alone, say):
+    /// they were woken at the commit, and no other relay reads the log.
     pub async fn announce_log(self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.announce.notified() => {}
+            }
+            if self.wake.held_here() {
+                continue;
             }
             let origin = &*self.wake.origin;
             let sent = self
