@@ -567,6 +567,82 @@ async fn a_redelivered_start_changes_nothing_and_an_unknown_order_is_said() {
     assert_eq!(unknown, SagaOutcome::UnknownOrder);
 }
 
+/// In a process that runs the API and the orchestrator, a saga starts on
+/// what the order's insert left: one write, no read of the order.
+#[tokio::test]
+async fn a_saga_starts_without_a_read_in_the_process_that_placed_its_order() {
+    let db = TestDb::new().await;
+    // One connection: every statement of the store shows in its prepared statements.
+    let pool = db.pool_of(1).await;
+    let store = PgStore::from_pool(pool.clone());
+    let svc = service_on(&store);
+    // Until a store has taken a saga decision it keeps nothing of the orders
+    // it places (the API alone would keep them all): the first start reads.
+    let first = place_orders(&svc, 1).await.remove(0);
+    let start = store.transact(first.id, Box::new(start_decision)).await;
+    assert_eq!(start.unwrap(), SagaOutcome::Applied);
+    let later = place_orders(&svc, 3).await;
+    for order in &later {
+        let start = store.transact(order.id, Box::new(start_decision)).await;
+        assert_eq!(start.unwrap(), SagaOutcome::Applied);
+    }
+    let reads: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(generic_plans + custom_plans), 0)::bigint
+           FROM pg_prepared_statements WHERE statement ~ 'AS version\\s+FROM orders'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reads, 1, "only the first order was read");
+    let started: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE saga IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(started, 4);
+}
+
+/// What a store remembers of the orders it placed is a hint: when another
+/// process started an order's saga, a reply decided here sees the started
+/// saga, not the unstarted one it remembered (which would drop the reply as
+/// early: a decision that writes nothing on what was remembered is taken
+/// again on a fresh read).
+#[tokio::test]
+async fn a_reply_about_an_order_placed_here_but_started_elsewhere_sees_the_started_saga() {
+    let db = TestDb::new().await;
+    let (here, elsewhere) = (db.store.clone(), PgStore::from_pool(db.pool().clone()));
+    // This store's saga writers run, so it remembers the orders it places.
+    let first = placed_order(&db).await;
+    let start = here.transact(first.id, Box::new(start_decision)).await;
+    assert_eq!(start.unwrap(), SagaOutcome::Applied);
+    let order = placed_order(&db).await;
+    let start = elsewhere.transact(order.id, Box::new(start_decision)).await;
+    assert_eq!(start.unwrap(), SagaOutcome::Applied);
+    let passed = StepState::Done {
+        outcome: StepOutcome::Passed,
+    };
+    // A user-step reply: nothing to do without a saga.
+    let reply = move |ctx: &SagaContext| -> Option<SagaWrite> {
+        let mut saga = ctx.saga.clone()?;
+        saga.user = passed;
+        Some(SagaWrite {
+            saga,
+            settle: None,
+            entries: vec![],
+        })
+    };
+    let outcome = here.transact(order.id, Box::new(reply)).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Applied);
+    let saga: Saga = serde_json::from_value(
+        sqlx::query_scalar("SELECT saga FROM orders WHERE id = $1")
+            .bind(order.id.0)
+            .fetch_one(db.pool())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saga.user, passed);
+}
+
 #[tokio::test]
 async fn settling_writes_the_status_and_the_log_atomically_and_only_once() {
     let db = TestDb::new().await;

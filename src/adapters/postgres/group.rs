@@ -33,6 +33,14 @@ impl<J> GroupQueue<J> {
         }
     }
 
+    /// Whether the writers have started (a job was submitted).
+    pub(super) fn started(&self) -> bool {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
     /// Queues `job` unless the queue is full; the first call hands the
     /// receiving end to `start`, which spawns the writers.
     pub(super) fn submit(&self, job: J, start: impl FnOnce(Jobs<J>)) -> Result<(), NotQueued<J>> {

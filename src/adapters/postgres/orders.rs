@@ -17,6 +17,7 @@ use crate::application::ports::{
 use crate::domain::{Installment, Money, NewOrder, Order, OrderId, UserId};
 
 use super::group::{GroupQueue, Jobs, NotQueued, next_batch};
+use super::saga::SagaQueue;
 use super::warm::Warm;
 use super::{PgStore, Wake, classify, column, corrupt};
 
@@ -62,21 +63,25 @@ impl TryFrom<OrderRow> for Order {
 
 /// The order and its first saga-log entry (the `order_created` event with
 /// the `order-created` message), in one statement: one round trip and an
-/// implicit transaction, two rows.
+/// implicit transaction, two rows. Returns the order's version (`xmin`, as
+/// the saga store reads it).
 fn insert_order<'q>(
     order: &'q Order,
     correlation_id: &'q str,
     event: &'q NewEvent,
     message: &'q OutboundMessage,
-) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(
+) -> sqlx::query::QueryScalar<'q, Postgres, i64, sqlx::postgres::PgArguments> {
+    sqlx::query_scalar(
         "WITH new_order AS (
              INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9)
+             RETURNING xmin::text::bigint AS version
+         ), logged AS (
+             INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload,
+                                   message_id, topic, message_type, correlation_id, message)
+             VALUES ($1, $10, $11, $12, $13, $14, $15, $16, $7, $17)
          )
-         INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload,
-                               message_id, topic, message_type, correlation_id, message)
-         VALUES ($1, $10, $11, $12, $13, $14, $15, $16, $7, $17)",
+         SELECT version FROM new_order",
     )
     .bind(order.id.0)
     .bind(order.user_id.as_str())
@@ -107,17 +112,21 @@ fn order_created(entry: &LogEntry) -> Result<&OutboundMessage, StoreError> {
 }
 
 /// Inserts a batch of new orders, each with its first log entry, in one
-/// statement (its own transaction): see `InsertQueue`.
+/// statement (its own transaction): see `InsertQueue`. Returns the orders'
+/// version (one transaction: one version).
 const INSERT_BATCH_SQL: &str = "WITH new_orders AS (
          INSERT INTO orders (id, user_id, value, installment, method, status, cancel_reason, correlation_id, created_at, updated_at)
          SELECT id, user_id, value, installment, method, status, NULL, correlation_id, created_at, updated_at
          FROM UNNEST($1::uuid[], $2::text[], $3::numeric[], $4::int[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
               AS o (id, user_id, value, installment, method, status, correlation_id, created_at, updated_at)
+         RETURNING xmin::text::bigint AS version
+     ), logged AS (
+         INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload,
+                               message_id, topic, message_type, correlation_id, message)
+         SELECT * FROM UNNEST($1::uuid[], $10::timestamptz[], $11::uuid[], $12::text[], $13::jsonb[],
+                              $14::uuid[], $15::text[], $16::text[], $7::text[], $17::jsonb[])
      )
-     INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload,
-                           message_id, topic, message_type, correlation_id, message)
-     SELECT * FROM UNNEST($1::uuid[], $10::timestamptz[], $11::uuid[], $12::text[], $13::jsonb[],
-                          $14::uuid[], $15::text[], $16::text[], $7::text[], $17::jsonb[])";
+     SELECT max(version) FROM new_orders";
 
 /// Most new orders in one statement.
 const ORDER_BATCH_MAX: usize = 64;
@@ -164,11 +173,17 @@ impl InsertQueue {
         taken.then(|| RunningGuard(self.running.clone()))
     }
 
-    fn submit(&self, warm: &Arc<Warm>, wake: &Wake, job: Insert) {
+    /// (The writers hold no `PgStore`: they stop when the last one goes.)
+    fn submit(&self, store: &PgStore, job: Insert) {
         let start = |jobs: Jobs<Insert>| {
             for _ in 0..self.writers {
-                let (warm, wake, running) = (warm.clone(), wake.clone(), self.running.clone());
-                tokio::spawn(insert_loop(warm, wake, running, jobs.clone()));
+                let writer = InsertWriter {
+                    warm: store.warm.clone(),
+                    wake: store.wake.clone(),
+                    sagas: store.sagas.clone(),
+                    running: self.running.clone(),
+                };
+                tokio::spawn(writer.run(jobs.clone()));
             }
         };
         match self.queue.submit(job, start) {
@@ -196,57 +211,75 @@ impl Drop for RunningGuard {
     }
 }
 
-async fn insert_loop(warm: Arc<Warm>, wake: Wake, running: Arc<AtomicUsize>, jobs: Jobs<Insert>) {
-    while let Some(batch) = next_batch(&jobs, ORDER_BATCH_MAX).await {
-        running.fetch_add(1, Ordering::SeqCst);
-        let _running = RunningGuard(running.clone());
-        metrics::histogram!(crate::metrics::ORDER_BATCH_SIZE).record(batch.len() as f64);
-        let outcome = if batch.len() == 1 {
-            let j = &batch[0];
-            insert_one(&warm, j).await
-        } else {
-            insert_batch(&warm, &batch).await.map_err(classify)
-        };
-        match outcome {
-            Ok(()) => {
-                wake.committed(true);
-                for j in batch {
-                    let _ = j.done.send(Ok(()));
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                let _ = batch.into_iter().next().map(|j| j.done.send(Err(e)));
-            }
-            Err(StoreError::Unavailable(detail)) => {
-                for j in batch {
-                    let _ = j.done.send(Err(StoreError::Unavailable(detail.clone())));
-                }
-            }
-            Err(e) => {
-                // One order's failure must not fail the others: one by one.
-                tracing::debug!(error = %e, orders = batch.len(), "order batch failed; inserting its orders one by one");
-                for j in batch {
-                    let one = insert_one(&warm, &j).await;
-                    if one.is_ok() {
-                        wake.committed(true);
+struct InsertWriter {
+    warm: Arc<Warm>,
+    wake: Wake,
+    sagas: Arc<SagaQueue>,
+    running: Arc<AtomicUsize>,
+}
+
+impl InsertWriter {
+    async fn run(self, jobs: Jobs<Insert>) {
+        let Self {
+            warm,
+            wake,
+            sagas,
+            running,
+        } = &self;
+        while let Some(batch) = next_batch(&jobs, ORDER_BATCH_MAX).await {
+            running.fetch_add(1, Ordering::SeqCst);
+            let _running = RunningGuard(running.clone());
+            metrics::histogram!(crate::metrics::ORDER_BATCH_SIZE).record(batch.len() as f64);
+            let outcome = if batch.len() == 1 {
+                let j = &batch[0];
+                insert_one(warm, j).await
+            } else {
+                insert_batch(warm, &batch).await.map_err(classify)
+            };
+            match outcome {
+                Ok(version) => {
+                    wake.committed(true);
+                    for j in batch {
+                        sagas.inserted(version, &j.order, &j.correlation_id);
+                        let _ = j.done.send(Ok(()));
                     }
-                    let _ = j.done.send(one);
+                }
+                Err(e) if batch.len() == 1 => {
+                    let _ = batch.into_iter().next().map(|j| j.done.send(Err(e)));
+                }
+                Err(StoreError::Unavailable(detail)) => {
+                    for j in batch {
+                        let _ = j.done.send(Err(StoreError::Unavailable(detail.clone())));
+                    }
+                }
+                Err(e) => {
+                    // One order's failure must not fail the others: one by one.
+                    tracing::debug!(error = %e, orders = batch.len(), "order batch failed; inserting its orders one by one");
+                    for j in batch {
+                        let one = insert_one(warm, &j).await;
+                        if let Ok(version) = one {
+                            wake.committed(true);
+                            sagas.inserted(version, &j.order, &j.correlation_id);
+                        }
+                        let _ = j.done.send(one.map(|_| ()));
+                    }
                 }
             }
         }
     }
 }
 
-async fn insert_one(warm: &Warm, j: &Insert) -> Result<(), StoreError> {
+/// Inserts one order; returns its version.
+async fn insert_one(warm: &Warm, j: &Insert) -> Result<i64, StoreError> {
     let query = insert_order(&j.order, &j.correlation_id, &j.event, &j.message);
-    warm.run(async |c| query.execute(c).await)
+    warm.run(async |c| query.fetch_one(c).await)
         .await
-        .map(|_| ())
         .map_err(classify)
 }
 
-async fn insert_batch(warm: &Warm, batch: &[Insert]) -> Result<(), sqlx::Error> {
-    let query = sqlx::query(INSERT_BATCH_SQL)
+/// Inserts a batch of orders; returns their version.
+async fn insert_batch(warm: &Warm, batch: &[Insert]) -> Result<i64, sqlx::Error> {
+    let query = sqlx::query_scalar(INSERT_BATCH_SQL)
         .bind(column(batch, |j| j.order.id.0))
         .bind(column(batch, |j| j.order.user_id.as_str()))
         .bind(column(batch, |j| j.order.value.amount()))
@@ -264,7 +297,7 @@ async fn insert_batch(warm: &Warm, batch: &[Insert]) -> Result<(), sqlx::Error> 
         .bind(column(batch, |j| j.message.topic.name()))
         .bind(column(batch, |j| j.message.message_type.as_str()))
         .bind(column(batch, |j| j.message.payload.clone()));
-    warm.run(async |c| query.execute(c).await).await.map(|_| ())
+    warm.run(async |c| query.fetch_one(c).await).await
 }
 
 impl PgStore {
@@ -283,7 +316,7 @@ impl PgStore {
             message: order_created(entry)?.clone(),
             done,
         };
-        self.inserts.submit(&self.warm, &self.wake, job);
+        self.inserts.submit(self, job);
         outcome.await.unwrap_or_else(|_| {
             Err(StoreError::Other(anyhow::anyhow!(
                 "the order writer stopped before inserting order {}",
@@ -349,10 +382,12 @@ impl OrderStore for PgStore {
             None => {
                 if let Some(_slot) = self.inserts.inline_slot() {
                     let insert = insert();
-                    self.warm
-                        .run(async |c| insert.execute(c).await)
+                    let version = self
+                        .warm
+                        .run(async |c| insert.fetch_one(c).await)
                         .await
                         .map_err(classify)?;
+                    self.sagas.inserted(version, order, correlation_id);
                 } else {
                     self.queue_insert(order, correlation_id, entry).await?;
                     // The writer has woken the relays.
@@ -374,8 +409,9 @@ impl OrderStore for PgStore {
                         .ok_or_else(|| corrupt("idempotency key", "order missing"))?;
                     return Ok(PlaceOutcome::Replayed(existing));
                 }
-                insert().execute(&mut *tx).await.map_err(classify)?;
+                let version = insert().fetch_one(&mut *tx).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
+                self.sagas.inserted(version, order, correlation_id);
             }
         }
         self.wake.committed(true);

@@ -8,7 +8,9 @@
 //! `saga_batch_max`) and write them in one statement, its own transaction,
 //! whatever their number. The writers remember the state and version each
 //! order's last write left (`Known`), so a decision about an order this
-//! process wrote last needs no read: one round trip. Otherwise one unlocked
+//! process wrote last needs no read: one round trip. So do the orders this
+//! store inserted (`SagaQueue::inserted`): in a process that runs the API and
+//! the orchestrator, a saga starts without a read. Otherwise one unlocked
 //! read comes first. An order that changed meanwhile (another process, the
 //! other writer) is not written; its decisions are taken again on a fresh
 //! read. Several decisions about one order in a batch (both replies arrived
@@ -179,6 +181,23 @@ impl SagaQueue {
         }
     }
 
+    /// This store has inserted `order` (and its `order-created` entry), at
+    /// `version`: its writers will start its saga without reading it. Only
+    /// once they run: a process that takes no saga decisions (the API alone)
+    /// remembers nothing.
+    pub(super) fn inserted(&self, version: i64, order: &Order, correlation_id: &str) {
+        if self.queue.started() {
+            self.known.remember(
+                version,
+                SagaContext {
+                    order: order.clone(),
+                    correlation_id: correlation_id.to_owned(),
+                    saga: None,
+                },
+            );
+        }
+    }
+
     fn submit(&self, warm: &Arc<Warm>, wake: &Wake, job: Job) {
         let start = |jobs: Jobs<Job>| {
             for _ in 0..self.writers {
@@ -322,6 +341,11 @@ impl Writer {
             let mut changed = Vec::new();
             for c in orders {
                 match (&c.write, written.get(&c.ctx.order.id.0)) {
+                    // Nothing to write, decided on what the writers remembered:
+                    // no write checked it, and it may be stale (the order moved
+                    // on in another process, a reply would be dropped as
+                    // early), so it is decided again on a fresh read.
+                    (None, _) if c.known => changed.push(c.ctx.order.id.0),
                     (None, _) => self.known.remember(c.version, c.ctx),
                     (Some(_), Some(&version)) => self.known.remember(version, c.ctx),
                     (Some(_), None) => changed.push(c.ctx.order.id.0),
@@ -369,7 +393,9 @@ impl Writer {
             for id in ids {
                 match known.get(id).filter(|_| trust_known) {
                     Some((version, ctx)) => {
-                        current.insert(*id, Ok(Current::new(*version, ctx.clone())));
+                        let mut c = Current::new(*version, ctx.clone());
+                        c.known = true;
+                        current.insert(*id, Ok(c));
                     }
                     None => missing.push(*id),
                 }
@@ -421,6 +447,8 @@ struct Current {
     version: i64,
     ctx: SagaContext,
     write: Option<SagaWrite>,
+    /// Taken from what the writers remember, not read.
+    known: bool,
 }
 
 impl Current {
@@ -429,6 +457,7 @@ impl Current {
             version,
             ctx,
             write: None,
+            known: false,
         }
     }
 
