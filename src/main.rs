@@ -6,6 +6,10 @@ use ordersaga::adapters::postgres::PgStore;
 use ordersaga::config::{Cli, Command};
 use ordersaga::{startup, telemetry};
 
+/// mimalloc instead of glibc's allocator (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
