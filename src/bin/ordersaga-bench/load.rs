@@ -375,7 +375,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         })
     };
 
-    let rows_before = rows::Counts::settled(pool).await?;
+    let rows_before = rows::Counts::settled(pool, &rows::Counts::default(), 0).await?;
     let cpu_before = cpu::Snapshot::take();
     let started = Instant::now();
     let deadline = started + duration;
@@ -469,7 +469,7 @@ pub async fn drive(args: &BenchArgs, pool: &PgPool, run_id: &str) -> anyhow::Res
         (rows, stages(pool, &users).await?)
     };
     progress.abort();
-    let rows_per_order = rows::Counts::settled(pool)
+    let rows_per_order = rows::Counts::settled(pool, &rows_before, accepted)
         .await?
         .per_order(&rows_before, accepted);
 
