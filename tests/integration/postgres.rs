@@ -292,6 +292,16 @@ async fn the_database_guards_the_status_rule_of_the_domain() {
     }
 }
 
+/// The saga stored on order `id`.
+async fn stored_saga(db: &TestDb, id: OrderId) -> Saga {
+    let saga = sqlx::query_scalar("SELECT saga FROM orders WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    serde_json::from_value(saga).unwrap()
+}
+
 fn start_decision(ctx: &SagaContext) -> Option<SagaWrite> {
     let (saga, _) = Saga::start(Utc::now(), &SagaPolicy::default());
     (ctx.saga.is_none()).then_some(SagaWrite {
@@ -370,14 +380,7 @@ async fn a_decision_made_on_a_state_another_process_changed_is_taken_again() {
         seen[1], quick_mark,
         "the second time on what the quick one wrote"
     );
-    let saga: Saga = serde_json::from_value(
-        sqlx::query_scalar("SELECT saga FROM orders WHERE id = $1")
-            .bind(order.id.0)
-            .fetch_one(db.pool())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let saga = stored_saga(&db, order.id).await;
     assert_eq!((saga.started_at, saga.user), (slow_mark, quick_mark));
 }
 
@@ -632,14 +635,7 @@ async fn a_reply_about_an_order_placed_here_but_started_elsewhere_sees_the_start
     };
     let outcome = here.transact(order.id, Box::new(reply)).await.unwrap();
     assert_eq!(outcome, SagaOutcome::Applied);
-    let saga: Saga = serde_json::from_value(
-        sqlx::query_scalar("SELECT saga FROM orders WHERE id = $1")
-            .bind(order.id.0)
-            .fetch_one(db.pool())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let saga = stored_saga(&db, order.id).await;
     assert_eq!(saga.user, passed);
 }
 
