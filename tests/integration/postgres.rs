@@ -1167,6 +1167,13 @@ async fn a_commit_that_writes_to_the_log_wakes_the_relays_here_and_elsewhere() {
     );
 }
 
+/// How long `store`'s relay of `feed` waits for a wake-up, `wait` at most.
+async fn wait_for_work(store: &PgStore, feed: Feed, wait: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    store.wait_for_work(feed, wait).await;
+    started.elapsed()
+}
+
 /// A NOTIFY wakes the relays of every other store, but not those of the
 /// store that sent it: they were woken at its commit already, and a second
 /// wake-up would only cost each of them a read that finds nothing.
@@ -1179,13 +1186,8 @@ async fn an_announcement_wakes_the_other_stores_relays_not_its_own() {
     tokio::spawn(here.clone().listen_for_log(shutdown.clone()));
     tokio::spawn(elsewhere.clone().listen_for_log(shutdown.clone()));
     tokio::spawn(here.clone().announce_log(shutdown));
-    let woken = |store: &PgStore, feed: Feed| {
-        let store = store.clone();
-        async move {
-            let started = std::time::Instant::now();
-            store.wait_for_work(feed, Duration::from_secs(10)).await;
-            started.elapsed() < Duration::from_secs(5)
-        }
+    let woken = async |store: &PgStore, feed: Feed| {
+        wait_for_work(store, feed, Duration::from_secs(10)).await < Duration::from_secs(5)
     };
     // Each listener wakes its relays once it listens.
     for store in [&here, &elsewhere] {
@@ -1201,11 +1203,9 @@ async fn an_announcement_wakes_the_other_stores_relays_not_its_own() {
         "woken by the NOTIFY"
     );
     // The same NOTIFY has reached this store's listener by now, or is about to.
-    let started = std::time::Instant::now();
-    here.wait_for_work(Feed::Messages, Duration::from_secs(1))
-        .await;
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
+        wait_for_work(&here, Feed::Messages, Duration::from_secs(1)).await
+            >= Duration::from_millis(900),
         "woken again by its own NOTIFY"
     );
 }
@@ -1222,14 +1222,7 @@ async fn a_store_whose_relays_hold_both_feeds_announces_nothing() {
     tokio::spawn(elsewhere.clone().listen_for_log(shutdown.clone()));
     tokio::spawn(here.clone().announce_log(shutdown));
     // How long `elsewhere`'s message relay waits for a wake-up, at most `wait`.
-    let waited = |wait: Duration| {
-        let store = elsewhere.clone();
-        async move {
-            let started = std::time::Instant::now();
-            store.wait_for_work(Feed::Messages, wait).await;
-            started.elapsed()
-        }
-    };
+    let waited = async |wait: Duration| wait_for_work(&elsewhere, Feed::Messages, wait).await;
     assert!(
         waited(Duration::from_secs(10)).await < Duration::from_secs(5),
         "listening"

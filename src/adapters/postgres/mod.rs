@@ -131,8 +131,8 @@ pub(crate) struct Wake {
     announce: Arc<Notify>,
     /// The NOTIFY payload of this store's announcements.
     origin: Arc<str>,
-    /// Until when a relay of this store holds each feed (`claim_feed`), by
-    /// `Feed::ALL`'s order; from a clock read before the claim, so never
+    /// Until when a relay of this store holds each feed (`claim_feed`):
+    /// the messages', the events'; from a clock read before the claim, so never
     /// later than the lease the database gave.
     held: Arc<Mutex<[Option<Instant>; 2]>>,
 }
@@ -175,7 +175,10 @@ impl Wake {
     /// A relay of this store holds `feed` until `until` (`None`: it does not,
     /// or may not).
     fn hold(&self, feed: Feed, until: Option<Instant>) {
-        let i = Feed::ALL.iter().position(|f| *f == feed).unwrap_or(0);
+        let i = match feed {
+            Feed::Messages => 0,
+            Feed::Events => 1,
+        };
         self.held.lock().unwrap_or_else(|e| e.into_inner())[i] = until;
     }
 
