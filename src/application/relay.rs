@@ -18,6 +18,19 @@
 //! first (doubling to 80 ms while they wait), instead of the idle poll: the
 //! transaction in the way may be one that wakes nobody (another process's,
 //! a relay's own position write). Under load the wake-ups come first.
+//!
+//! The messages its own process commits reach the relay without a read:
+//! while it holds the messages feed, the store hands them over after each
+//! commit (`SagaLog::take_committed`) and the relay sends them at once. It
+//! reads the log `catch_up` (50 ms) after such a send, to move its position
+//! past their rows (skipping them: it remembers what it sent) and to find
+//! the rows of other processes, which it also reads at once when the store
+//! says some were committed (a NOTIFY). One read then stands for every
+//! commit of those 50 ms, where there was a read per commit. Whatever goes
+//! wrong between the hand-over and the read (a refused send, a lost lease,
+//! a crash) leaves the rows to a read, like any other; a message that both
+//! the read and the hand-over caught goes twice, and the consumers drop the
+//! copy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::ports::{
-    EventLog, Feed, LogBatch, LogPosition, LogRow, MessagePublisher, RelayError, SagaLog,
+    Committed, EventLog, Feed, LogBatch, LogPosition, LogRow, MessagePublisher, RelayError, SagaLog,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +51,10 @@ pub struct RelaySettings {
     pub idle_poll: Duration,
     /// Least time between two partial batches of events (messages go at once).
     pub events_gather: Duration,
+    /// How long after sending messages its own process handed over the relay
+    /// reads the log past them (the read that moves its position and finds
+    /// what other processes wrote).
+    pub catch_up: Duration,
     /// Longest pause after a failure (pauses double from 50 ms up to this).
     pub max_backoff: Duration,
     /// How often the backlog gauges (`ordersaga_outbox_backlog`) are refreshed.
@@ -57,6 +74,7 @@ impl Default for RelaySettings {
             batch_size: 500,
             idle_poll: Duration::from_millis(500),
             events_gather: Duration::from_millis(50),
+            catch_up: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             backlog_interval: Duration::from_secs(5),
             lease: Self::DEFAULT_LEASE,
@@ -69,6 +87,12 @@ impl Default for RelaySettings {
 const HELD_BACK_FIRST: Duration = Duration::from_millis(5);
 const HELD_BACK_MAX: Duration = Duration::from_millis(80);
 
+/// How long the relay remembers a message it sent as handed over, waiting
+/// for the read that finds its row (which then skips it). A read held back
+/// longer than this by a running transaction sends the message again; the
+/// consumers drop the copy.
+const SENT_EARLY_KEPT: Duration = Duration::from_secs(30);
+
 pub struct Relay {
     log: Arc<dyn SagaLog>,
     publisher: Arc<dyn MessagePublisher>,
@@ -78,6 +102,9 @@ pub struct Relay {
     id: Uuid,
     /// Where this relay is in each feed it holds.
     feeds: Mutex<HashMap<Feed, Following>>,
+    /// Messages sent as handed over (`hand_over`) whose rows no read has
+    /// reached yet, and when each went.
+    sent_early: Mutex<HashMap<Uuid, Instant>>,
 }
 
 /// A feed this relay holds: how far it has relayed, and when it last
@@ -86,6 +113,15 @@ pub struct Relay {
 struct Following {
     position: LogPosition,
     claimed: Instant,
+}
+
+/// What one `hand_over` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandOver {
+    /// Messages sent.
+    pub sent: usize,
+    /// Messages were committed that were not handed over: a read finds them.
+    pub unhanded: bool,
 }
 
 /// What one pass over a feed did.
@@ -117,7 +153,38 @@ impl Relay {
             settings,
             id: Uuid::new_v4(),
             feeds: Mutex::default(),
+            sent_early: Mutex::default(),
         }
+    }
+
+    /// Sends the messages this process's writers committed and handed over
+    /// (`SagaLog::take_committed`) while this relay holds the messages feed,
+    /// without reading them back; the read that later reaches their rows
+    /// skips them. Messages handed over while another relay holds the feed
+    /// are left to its read.
+    pub async fn hand_over(&self) -> Result<HandOver, RelayError> {
+        let Committed { messages, unhanded } = self.log.take_committed();
+        if messages.is_empty() || self.hold(Feed::Messages).await?.is_none() {
+            return Ok(HandOver { sent: 0, unhanded });
+        }
+        // A failure leaves them to the read: their rows are in the log.
+        self.publisher.publish(&messages).await?;
+        let now = Instant::now();
+        let mut sent = self.sent_early.lock().unwrap_or_else(|e| e.into_inner());
+        sent.extend(messages.iter().map(|m| (m.message_id, now)));
+        Ok(HandOver {
+            sent: messages.len(),
+            unhanded,
+        })
+    }
+
+    /// Messages sent as handed over that no read has reached yet.
+    #[cfg(test)]
+    fn sent_early_count(&self) -> usize {
+        self.sent_early
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Reads one batch of `feed`, delivers it, and moves the position past it
@@ -232,11 +299,24 @@ impl Relay {
     async fn deliver(&self, feed: Feed, rows: &[LogRow]) -> Result<usize, RelayError> {
         match feed {
             Feed::Messages => {
-                let messages: Vec<_> = rows.iter().filter_map(|r| r.message.clone()).collect();
-                if !messages.is_empty() {
+                // Not what went already as handed over (forgotten once its row is read).
+                let (messages, early): (Vec<_>, Vec<_>) = {
+                    let sent = self.sent_early.lock().unwrap_or_else(|e| e.into_inner());
+                    rows.iter()
+                        .filter_map(|r| r.message.as_ref())
+                        .partition(|m| !sent.contains_key(&m.message_id))
+                };
+                let n = messages.len();
+                if n > 0 {
+                    let messages: Vec<_> = messages.into_iter().cloned().collect();
                     self.publisher.publish(&messages).await?;
                 }
-                Ok(messages.len())
+                let mut sent = self.sent_early.lock().unwrap_or_else(|e| e.into_inner());
+                for m in &early {
+                    sent.remove(&m.message_id);
+                }
+                sent.retain(|_, at| at.elapsed() < SENT_EARLY_KEPT);
+                Ok(n)
             }
             Feed::Events => {
                 let events: Vec<_> = rows.iter().filter_map(|r| r.event.clone()).collect();
@@ -291,10 +371,43 @@ impl Relay {
         }
     }
 
+    /// Follows `feed` until `shutdown`. The messages feed first sends what
+    /// its own process handed over, and reads the log only when that is due:
+    /// `catch_up` after such a send, when messages were committed that were
+    /// not handed over, or after the idle poll. The events feed reads at
+    /// every wake-up, at most once per `events_gather`.
     async fn follow(&self, feed: Feed, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         let mut held_pause = HELD_BACK_FIRST;
+        let mut read_at = Instant::now();
         loop {
+            if feed == Feed::Messages {
+                match self.hand_over().await {
+                    Ok(HandOver { sent, unhanded }) => {
+                        metrics::counter!(crate::metrics::OUTBOX_RELAYED, "kind" => feed.as_str())
+                            .increment(sent as u64);
+                        if unhanded {
+                            read_at = Instant::now();
+                        } else if sent > 0 {
+                            // The read that moves past them: soon, not at once,
+                            // so that one read passes many hand-overs.
+                            read_at = read_at.min(Instant::now() + self.settings.catch_up);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot send the messages handed over; the read sends them");
+                        read_at = Instant::now();
+                    }
+                }
+                let now = Instant::now();
+                if now < read_at && !shutdown.is_cancelled() {
+                    tokio::select! {
+                        _ = self.log.wait_for_work(feed, read_at - now) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            }
             match self.pass(feed).await {
                 Ok(Pass::Relayed {
                     rows,
@@ -313,10 +426,6 @@ impl Relay {
                     if rows > 0 && shutdown.is_cancelled() {
                         continue; // drain what is left
                     }
-                    let gather = match feed {
-                        Feed::Messages => Duration::ZERO,
-                        Feed::Events => self.settings.events_gather,
-                    };
                     // Rows held back by a running transaction: look again soon.
                     let wait = if held_back {
                         let pause = held_pause.min(self.settings.idle_poll);
@@ -326,12 +435,18 @@ impl Relay {
                         held_pause = HELD_BACK_FIRST;
                         self.settings.idle_poll
                     };
-                    tokio::select! {
-                        _ = async {
-                            tokio::time::sleep(gather).await;
-                            self.log.wait_for_work(feed, wait).await
-                        } => {}
-                        _ = shutdown.cancelled() => {}
+                    match feed {
+                        // The loop's top waits, for a hand-over or the next read.
+                        Feed::Messages => read_at = Instant::now() + wait,
+                        Feed::Events => {
+                            tokio::select! {
+                                _ = async {
+                                    tokio::time::sleep(self.settings.events_gather).await;
+                                    self.log.wait_for_work(feed, wait).await
+                                } => {}
+                                _ = shutdown.cancelled() => {}
+                            }
+                        }
                     }
                 }
                 Ok(Pass::Held) => {
@@ -343,6 +458,7 @@ impl Relay {
                         _ = self.log.wait_for_work(feed, self.settings.idle_poll) => {}
                         _ = shutdown.cancelled() => return,
                     }
+                    read_at = Instant::now();
                 }
                 Err(e) => {
                     tracing::warn!(feed = feed.as_str(), error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; will retry");
@@ -351,6 +467,7 @@ impl Relay {
                         _ = shutdown.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(self.settings.max_backoff);
+                    read_at = Instant::now();
                 }
             }
         }
@@ -468,5 +585,76 @@ mod tests {
         ));
         assert_eq!(second.pass(Feed::Messages).await.unwrap(), Pass::Held);
         assert_eq!(broker.sent.lock().unwrap().len(), 1, "sent once");
+    }
+
+    #[tokio::test]
+    async fn messages_handed_over_go_at_once_and_the_read_that_reaches_them_skips_them() {
+        let (log, broker, events) = ports();
+        log.push_handed();
+        log.push(true); // another process's: only a read finds it
+        log.push_handed();
+        let relay = relay(&log, &broker, &events);
+        assert_eq!(
+            relay.hand_over().await.unwrap(),
+            HandOver {
+                sent: 2,
+                unhanded: true
+            }
+        );
+        assert_eq!(broker.sent().len(), 2, "sent without a read");
+        // The read passes all three rows and sends only the one not handed over.
+        let mut sent = 0;
+        loop {
+            match relay.pass(Feed::Messages).await.unwrap() {
+                Pass::Relayed { rows: 0, .. } => break,
+                Pass::Relayed { sent: n, .. } => sent += n,
+                Pass::Held => panic!("the relay holds the feed"),
+            }
+        }
+        assert_eq!(sent, 1);
+        let ids: std::collections::HashSet<_> =
+            broker.sent().iter().map(|m| m.message_id).collect();
+        assert_eq!(
+            (broker.sent().len(), ids.len()),
+            (3, 3),
+            "each message once"
+        );
+        assert_eq!(relay.sent_early_count(), 0, "forgotten once read");
+    }
+
+    #[tokio::test]
+    async fn messages_handed_over_while_another_relay_holds_the_feed_are_left_to_its_read() {
+        let (log, broker, events) = ports();
+        let holder = relay(&log, &broker, &events);
+        let other = relay(&log, &broker, &events);
+        assert!(matches!(
+            holder.pass(Feed::Messages).await.unwrap(),
+            Pass::Relayed { .. }
+        ));
+        log.push_handed();
+        assert_eq!(other.hand_over().await.unwrap().sent, 0);
+        assert!(broker.sent().is_empty());
+        assert!(matches!(
+            holder.pass(Feed::Messages).await.unwrap(),
+            Pass::Relayed { sent: 1, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_hand_over_the_broker_refused_is_sent_by_the_read() {
+        let (log, broker, events) = ports();
+        log.push_handed();
+        let relay = relay(&log, &broker, &events);
+        broker.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(relay.hand_over().await.is_err());
+        broker
+            .fail
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(relay.hand_over().await.unwrap().sent, 0, "taken once");
+        assert!(matches!(
+            relay.pass(Feed::Messages).await.unwrap(),
+            Pass::Relayed { sent: 1, .. }
+        ));
+        assert_eq!(broker.sent().len(), 1);
     }
 }

@@ -806,6 +806,50 @@ async fn a_feed_moves_past_messages_only_once_the_broker_has_them() {
     assert_eq!(db.store.backlog(Feed::Events, None).await.unwrap(), 3);
 }
 
+/// While a relay holds the messages feed, the messages its own store
+/// commits are handed to it: it sends them without reading them, as a read
+/// would have given them, and its read then moves past their rows without
+/// sending them again.
+#[tokio::test]
+async fn a_relay_sends_what_its_own_store_committed_without_reading_it() {
+    let db = TestDb::new().await;
+    let (publisher, log) = (
+        Arc::new(fakes::Publisher::default()),
+        Arc::new(fakes::Log::default()),
+    );
+    let relay = relay_on(&db.store, &publisher, &log, Duration::from_secs(3));
+    // The relay takes the feed (the log is empty).
+    assert_eq!(drain(&relay, &db.store, Feed::Messages).await, 0);
+    place_orders(&service(&db), 3).await;
+    assert_eq!(relay.hand_over().await.unwrap().sent, 3);
+    let mut sent = publisher.sent();
+    let mut read: Vec<_> = crate::common::eventually(
+        "the rows below the horizon",
+        Duration::from_secs(10),
+        || async {
+            let batch = db
+                .store
+                .read_log(Feed::Messages, LogPosition(0, 0), 10)
+                .await
+                .unwrap();
+            (batch.rows.len() == 3).then_some(batch.rows)
+        },
+    )
+    .await
+    .into_iter()
+    .filter_map(|r| r.message)
+    .collect();
+    sent.sort_by_key(|m| m.message_id);
+    read.sort_by_key(|m| m.message_id);
+    assert_eq!(sent, read, "as a read gives them");
+    assert_eq!(
+        drain(&relay, &db.store, Feed::Messages).await,
+        0,
+        "not again"
+    );
+    assert_eq!(publisher.sent().len(), 3);
+}
+
 #[tokio::test]
 async fn events_go_to_the_event_log_once_it_took_them() {
     let db = TestDb::new().await;

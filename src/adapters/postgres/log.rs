@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::application::messages::{MessageType, OutboundMessage, Topic};
 use crate::application::ports::{
-    EventRecord, Feed, LogBatch, LogPosition, LogRow, SagaLog, StoreError,
+    Committed, EventRecord, Feed, LogBatch, LogPosition, LogRow, SagaLog, StoreError,
 };
 use crate::domain::OrderId;
 
@@ -250,6 +250,10 @@ impl SagaLog for PgStore {
             Feed::Events => &self.wake.events,
         };
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
+    }
+
+    fn take_committed(&self) -> Committed {
+        self.wake.take()
     }
 
     async fn backlog(&self, feed: Feed, after: Option<LogPosition>) -> Result<u64, StoreError> {

@@ -238,7 +238,7 @@ impl InsertWriter {
             };
             match outcome {
                 Ok(version) => {
-                    wake.committed(true);
+                    wake.committed(batch.iter().map(|j| (&j.message, j.event.at)));
                     for j in batch {
                         sagas.inserted(version, &j.order, &j.correlation_id);
                         let _ = j.done.send(Ok(()));
@@ -258,7 +258,7 @@ impl InsertWriter {
                     for j in batch {
                         let one = insert_one(warm, &j).await;
                         if let Ok(version) = one {
-                            wake.committed(true);
+                            wake.committed([(&j.message, j.event.at)]);
                             sagas.inserted(version, &j.order, &j.correlation_id);
                         }
                         let _ = j.done.send(one.map(|_| ()));
@@ -414,7 +414,7 @@ impl OrderStore for PgStore {
                 self.sagas.inserted(version, order, correlation_id);
             }
         }
-        self.wake.committed(true);
+        self.wake.committed([(message, entry.event.at)]);
         Ok(PlaceOutcome::Created(order.clone()))
     }
 

@@ -331,12 +331,14 @@ impl Writer {
             };
             if !written.is_empty() {
                 // The relays look for what was logged: events, and messages if any.
-                self.wake.committed(orders.iter().any(|c| {
-                    c.write
-                        .as_ref()
-                        .is_some_and(|w| w.messages().next().is_some())
-                        && written.contains_key(&c.ctx.order.id.0)
-                }));
+                self.wake.committed(
+                    orders
+                        .iter()
+                        .filter(|c| written.contains_key(&c.ctx.order.id.0))
+                        .filter_map(|c| c.write.as_ref())
+                        .flat_map(|w| w.entries.iter())
+                        .filter_map(|e| e.message.as_ref().map(|m| (m, e.event.at))),
+                );
             }
             let mut changed = Vec::new();
             for c in orders {

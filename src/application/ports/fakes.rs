@@ -252,11 +252,27 @@ impl SagaStore for MemoryStore {
 pub struct MemoryLog {
     rows: Mutex<Vec<LogRow>>,
     feeds: Mutex<HashMap<Feed, (LogPosition, Option<Uuid>)>>,
+    handed: Mutex<Committed>,
 }
 
 impl MemoryLog {
-    /// Appends a `command_sent` row, with its message if `with_message`.
+    /// Appends a `command_sent` row, with its message if `with_message`, as
+    /// another process would: no message is handed over.
     pub fn push(&self, with_message: bool) {
+        let row = self.append(with_message);
+        if row.message.is_some() {
+            self.handed.lock().unwrap().unhanded = true;
+        }
+    }
+
+    /// Appends a `command_sent` row with a message, as this process's writer
+    /// would: its message is handed over too.
+    pub fn push_handed(&self) {
+        let row = self.append(true);
+        self.handed.lock().unwrap().messages.extend(row.message);
+    }
+
+    fn append(&self, with_message: bool) -> LogRow {
         let mut rows = self.rows.lock().unwrap();
         let position = LogPosition(1, rows.len() as i64 + 1);
         let order_id = OrderId::new();
@@ -281,6 +297,7 @@ impl MemoryLog {
                 )
             }),
         });
+        rows.last().cloned().expect("just pushed")
     }
 
     /// The position recorded for `feed`.
@@ -336,6 +353,10 @@ impl SagaLog for MemoryLog {
     }
 
     async fn wait_for_work(&self, _feed: Feed, _timeout: Duration) {}
+
+    fn take_committed(&self) -> Committed {
+        std::mem::take(&mut *self.handed.lock().unwrap())
+    }
 
     async fn backlog(&self, _feed: Feed, _after: Option<LogPosition>) -> Result<u64, StoreError> {
         Ok(0)

@@ -53,6 +53,17 @@ pub struct LogBatch {
     pub held_back: bool,
 }
 
+/// What a store's writers handed to its relay since it last asked
+/// (`SagaLog::take_committed`).
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    pub messages: Vec<OutboundMessage>,
+    /// Rows with messages were committed that are not among them (written
+    /// by another process, or while no relay here held the feed, or more
+    /// than the store keeps): only a read finds those.
+    pub unhanded: bool,
+}
+
 /// The relay's side of the saga log: plain reads, and a position and a
 /// holder per feed. Only one relay at a time holds a feed (for a lease it
 /// renews); the rows it reads are those every writer has committed, in an
@@ -86,6 +97,13 @@ pub trait SagaLog: Send + Sync {
     /// Waits until new rows may be in the log, or `timeout` passes. Never
     /// fails: when the store cannot tell, it waits for the timeout.
     async fn wait_for_work(&self, feed: Feed, timeout: Duration);
+    /// The messages this store's own writers committed since the last call
+    /// while a relay of this store held the messages feed, in commit order:
+    /// that relay may send them at once, before a read reaches their rows.
+    /// Their rows stay in the log like any other, so a message handed over
+    /// and then lost (a failed send, a relay that stopped) still goes when a
+    /// read finds it.
+    fn take_committed(&self) -> Committed;
     /// How many rows of the feed wait after `after`, or after its recorded
     /// position when `None`.
     ///
