@@ -98,8 +98,10 @@ pub trait SagaLog: Send + Sync {
     /// fails: when the store cannot tell, it waits for the timeout.
     async fn wait_for_work(&self, feed: Feed, timeout: Duration);
     /// The messages this store's own writers committed since the last call
-    /// while a relay of this store held the messages feed, in commit order:
-    /// that relay may send them at once, before a read reaches their rows.
+    /// while a relay of this store held the messages feed, in the order the
+    /// writers reported their commits (an order's messages in the order they
+    /// were written): that relay may send them at once, before a read
+    /// reaches their rows.
     /// Their rows stay in the log like any other, so a message handed over
     /// and then lost (a failed send, a relay that stopped) still goes when a
     /// read finds it.
