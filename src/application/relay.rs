@@ -103,8 +103,34 @@ pub struct Relay {
     /// Where this relay is in each feed it holds.
     feeds: Mutex<HashMap<Feed, Following>>,
     /// Messages sent as handed over (`hand_over`) whose rows no read has
-    /// reached yet, and when each went.
-    sent_early: Mutex<HashMap<Uuid, Instant>>,
+    /// reached yet.
+    sent_early: Mutex<SentEarly>,
+}
+
+/// Messages sent as handed over, and when each went; each is forgotten when
+/// a read reaches its row, or after `SENT_EARLY_KEPT` (a read held back that
+/// long by a running transaction, or one that passed the row just before
+/// its hand-over came).
+#[derive(Default)]
+struct SentEarly {
+    at: HashMap<Uuid, Instant>,
+    pruned: Option<Instant>,
+}
+
+impl SentEarly {
+    fn record(&mut self, ids: impl Iterator<Item = Uuid>) {
+        let now = Instant::now();
+        self.at.extend(ids.map(|id| (id, now)));
+        // At most once a second, however many hand-overs come.
+        if self
+            .pruned
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.at
+                .retain(|_, at| now.duration_since(*at) < SENT_EARLY_KEPT);
+            self.pruned = Some(now);
+        }
+    }
 }
 
 /// A feed this relay holds: how far it has relayed, and when it last
@@ -169,9 +195,10 @@ impl Relay {
         }
         // A failure leaves them to the read: their rows are in the log.
         self.publisher.publish(&messages).await?;
-        let now = Instant::now();
-        let mut sent = self.sent_early.lock().unwrap_or_else(|e| e.into_inner());
-        sent.extend(messages.iter().map(|m| (m.message_id, now)));
+        self.sent_early
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(messages.iter().map(|m| m.message_id));
         Ok(HandOver {
             sent: messages.len(),
             unhanded,
@@ -184,6 +211,7 @@ impl Relay {
         self.sent_early
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .at
             .len()
     }
 
@@ -304,7 +332,7 @@ impl Relay {
                     let sent = self.sent_early.lock().unwrap_or_else(|e| e.into_inner());
                     rows.iter()
                         .filter_map(|r| r.message.as_ref())
-                        .partition(|m| !sent.contains_key(&m.message_id))
+                        .partition(|m| !sent.at.contains_key(&m.message_id))
                 };
                 let n = messages.len();
                 if n > 0 {
@@ -313,9 +341,8 @@ impl Relay {
                 }
                 let mut sent = self.sent_early.lock().unwrap_or_else(|e| e.into_inner());
                 for m in &early {
-                    sent.remove(&m.message_id);
+                    sent.at.remove(&m.message_id);
                 }
-                sent.retain(|_, at| at.elapsed() < SENT_EARLY_KEPT);
                 Ok(n)
             }
             Feed::Events => {
@@ -656,5 +683,18 @@ mod tests {
             Pass::Relayed { sent: 1, .. }
         ));
         assert_eq!(broker.sent().len(), 1);
+    }
+
+    #[test]
+    fn messages_sent_early_are_forgotten_after_a_while_even_if_no_read_reaches_them() {
+        let mut sent = SentEarly::default();
+        let long_ago = Instant::now()
+            .checked_sub(SENT_EARLY_KEPT + Duration::from_secs(1))
+            .expect("the clock is past its origin");
+        let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+        sent.at.insert(old, long_ago);
+        sent.record([new].into_iter());
+        assert!(!sent.at.contains_key(&old));
+        assert!(sent.at.contains_key(&new));
     }
 }
