@@ -24,7 +24,6 @@ Feature: The saga settles every order
     Then the order becomes APPROVED
     And the order's timeline reads:
       | order_created  |
-      | saga_started   |
       | command_sent   |
       | command_sent   |
       | reply_received |
@@ -38,7 +37,6 @@ Feature: The saga settles every order
     Then the order becomes CANCELED because BALANCE_LIMIT_EXCEEDED
     And the order's timeline starts with:
       | order_created |
-      | saga_started  |
       | command_sent  |
       | command_sent  |
     And the timeline ends with the status changing to CANCELED because BALANCE_LIMIT_EXCEEDED

@@ -424,10 +424,6 @@ fn decide(
     let event = |kind, payload| NewEvent::new(order.id, kind, payload, now);
     for effect in effects {
         match effect {
-            Effect::Started => write.entries.push(LogEntry::event(event(
-                SagaEventKind::SagaStarted,
-                json!({}),
-            ))),
             Effect::SendCommand { step, attempt } => {
                 let message = command(ctx, step, attempt);
                 let sent = event(
@@ -574,11 +570,7 @@ mod tests {
         let kinds: Vec<_> = w.events().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
-            [
-                SagaEventKind::SagaStarted,
-                SagaEventKind::CommandSent,
-                SagaEventKind::CommandSent
-            ]
+            [SagaEventKind::CommandSent, SagaEventKind::CommandSent]
         );
         assert_eq!(w.settle, None);
     }
@@ -706,7 +698,6 @@ mod tests {
             kinds,
             [
                 SagaEventKind::OrderCreated,
-                SagaEventKind::SagaStarted,
                 SagaEventKind::CommandSent,
                 SagaEventKind::CommandSent,
                 SagaEventKind::ReplyReceived,

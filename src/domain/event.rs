@@ -8,7 +8,9 @@ use std::fmt;
 pub enum SagaEventKind {
     /// The order was accepted and stored as PROCESSING.
     OrderCreated,
-    /// The orchestrator picked the order up.
+    /// The orchestrator picked the order up. No longer written: the first two
+    /// `command_sent` events, in the same transaction, mark the start. Earlier
+    /// builds logged it (an empty payload), so old timelines still hold it.
     SagaStarted,
     /// A validation command went out (first send or retry).
     CommandSent,

@@ -154,12 +154,8 @@ impl Settlement {
 /// Something the caller must carry out, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
-    Started,
     /// Send the step's command, attempt `attempt` (1 is the first send).
-    SendCommand {
-        step: Step,
-        attempt: u32,
-    },
+    SendCommand { step: Step, attempt: u32 },
     /// A reply was taken into account.
     ReplyAccepted {
         step: Step,
@@ -167,10 +163,7 @@ pub enum Effect {
         outcome: StepOutcome,
     },
     /// Attempt `attempt` got no reply within its deadline.
-    TimedOut {
-        step: Step,
-        attempt: u32,
-    },
+    TimedOut { step: Step, attempt: u32 },
     /// Settle the order. Emitted once per saga.
     Settle(Settlement),
 }
@@ -200,7 +193,6 @@ impl Saga {
             settlement: None,
         };
         let effects = vec![
-            Effect::Started,
             Effect::SendCommand {
                 step: Step::User,
                 attempt: 1,
@@ -436,7 +428,6 @@ mod tests {
         assert_eq!(
             effects,
             [
-                Started,
                 SendCommand {
                     step: User,
                     attempt: 1

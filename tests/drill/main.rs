@@ -416,8 +416,8 @@ async fn check_phase(
              SELECT order_id FROM order_status_transitions WHERE order_id = ANY($1::uuid[]) AND from_status = 'PROCESSING'
                GROUP BY order_id HAVING count(*) > 1
              UNION ALL
-             SELECT order_id FROM saga_log WHERE order_id = ANY($1::uuid[]) AND event_type IN ('saga_started', 'status_changed')
-               GROUP BY order_id, event_type HAVING count(*) > 1) d",
+             SELECT order_id FROM saga_log WHERE order_id = ANY($1::uuid[]) AND event_type IN ('command_sent', 'status_changed')
+               GROUP BY order_id, event_type, payload->>'step', payload->>'attempt' HAVING count(*) > 1) d",
     )
     .bind(&ids)
     .fetch_one(pool)

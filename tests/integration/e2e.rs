@@ -65,7 +65,6 @@ async fn orders_settle_through_the_whole_saga_and_the_log_shows_the_steps() {
             "order_created",
             "reply_received",
             "reply_received",
-            "saga_started",
             "status_changed"
         ]
     );

@@ -90,11 +90,12 @@ async fn a_redelivered_order_created_starts_the_saga_once() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM saga_log WHERE order_id = $1 AND event_type = 'saga_started'",
+            "SELECT count(*) FROM saga_log WHERE order_id = $1 AND event_type = 'command_sent'",
             order
         )
         .await,
-        1
+        2,
+        "started once: one command per step"
     );
     let commands: i64 =
         sqlx::query_scalar("SELECT count(*) FROM saga_log WHERE topic LIKE '%.commands'")
@@ -255,11 +256,12 @@ async fn the_sweeper_starts_a_saga_whose_order_created_was_lost() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM saga_log WHERE order_id = $1 AND event_type = 'saga_started'",
+            "SELECT count(*) FROM saga_log WHERE order_id = $1 AND event_type = 'command_sent'",
             order
         )
         .await,
-        1
+        2,
+        "started once: one command per step"
     );
 }
 

@@ -939,7 +939,7 @@ async fn a_full_batch_takes_the_earliest_rows_where_a_txid_gains_a_digit() {
     // finished: every running transaction's id is larger).
     sqlx::query(
         "INSERT INTO saga_log (txid, order_id, occurred_at, event_id, event_type, payload)
-         SELECT t::text::xid8, $1, now(), gen_random_uuid(), 'saga_started', '{}'
+         SELECT t::text::xid8, $1, now(), gen_random_uuid(), 'reply_received', '{}'
            FROM unnest(ARRAY[101, 100, 99]) AS t",
     )
     .bind(order.id.0)
@@ -976,7 +976,7 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
         async move {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload)
-                 SELECT '{}', now(), gen_random_uuid(), 'saga_started', '{{}}' FROM generate_series(1, {rows});
+                 SELECT '{}', now(), gen_random_uuid(), 'reply_received', '{{}}' FROM generate_series(1, {rows});
                  ANALYZE saga_log;",
                 order.id.0
             )))
@@ -1187,13 +1187,13 @@ async fn a_commit_that_writes_to_the_log_wakes_the_relays_here_and_elsewhere() {
     // So is the events relay by a saga decision that logs an event and sends nothing.
     let log_an_event = |ctx: &SagaContext| {
         let mut write = start_decision(ctx)?;
-        let started = NewEvent::new(
+        let timed_out = NewEvent::new(
             ctx.order.id,
-            ordersaga::domain::SagaEventKind::SagaStarted,
-            serde_json::json!({}),
+            ordersaga::domain::SagaEventKind::StepTimedOut,
+            serde_json::json!({ "step": "user", "attempt": 1 }),
             Utc::now(),
         );
-        write.entries.push(LogEntry::event(started));
+        write.entries.push(LogEntry::event(timed_out));
         Some(write)
     };
     let outcome = db.store.transact(order.id, Box::new(log_an_event)).await;
@@ -1308,7 +1308,7 @@ async fn the_log_is_trimmed_behind_both_feeds_but_keeps_each_orders_history() {
         .unwrap();
     sqlx::query(
         "INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload)
-         VALUES ($1, now(), gen_random_uuid(), 'saga_started', '{}')",
+         VALUES ($1, now(), gen_random_uuid(), 'reply_received', '{}')",
     )
     .bind(order.id.0)
     .execute(db.pool())
@@ -1340,7 +1340,7 @@ async fn the_log_is_trimmed_behind_both_feeds_but_keeps_each_orders_history() {
     assert_eq!(
         db.store.purge(Utc::now(), later).await.unwrap(),
         1,
-        "saga_started goes"
+        "the reply_received row goes"
     );
     let kept: Vec<String> = sqlx::query_scalar("SELECT event_type FROM saga_log ORDER BY seq")
         .fetch_all(db.pool())

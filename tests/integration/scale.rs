@@ -71,15 +71,16 @@ async fn assert_settled_exactly_once(launcher: &Launcher, orders: &[(usize, Stri
     .unwrap();
     assert_eq!(twice, 0, "each order leaves PROCESSING exactly once");
     let double_events: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT order_id FROM saga_log WHERE event_type IN ('status_changed', 'saga_started')
-                               GROUP BY order_id, event_type HAVING count(*) > 1) t",
+        "SELECT count(*) FROM (SELECT order_id FROM saga_log WHERE event_type IN ('status_changed', 'command_sent')
+                               GROUP BY order_id, event_type, payload->>'step', payload->>'attempt'
+                               HAVING count(*) > 1) t",
     )
     .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(
         double_events, 0,
-        "no duplicate saga_started or status_changed event"
+        "no order started twice (a command sent twice for one attempt) or settled twice"
     );
     let double_replies: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT order_id FROM saga_log WHERE event_type = 'reply_received'

@@ -265,7 +265,8 @@ pub async fn list_orders(
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct EventBody {
     pub event_id: Uuid,
-    /// `order_created`, `saga_started`, `command_sent`, `reply_received`, `step_timed_out` or `status_changed`.
+    /// `order_created`, `command_sent`, `reply_received`, `step_timed_out` or `status_changed`
+    /// (and `saga_started` in timelines logged before the first `command_sent` marked the start).
     #[serde(rename = "type")]
     #[schema(example = "status_changed")]
     pub kind: String,

@@ -60,7 +60,8 @@ pub struct Stage {
 }
 
 /// The stages of a settled order, between the timestamps the saga records:
-/// the order's insert, the `saga_started` event, the first and the last
+/// the order's insert, the first `command_sent` event (earlier builds
+/// also logged an empty `saga_started` in that transaction, so either marks it), the first and the last
 /// `reply_received` event (the last one settles the order, in the same
 /// transaction). Each stage includes the relay's pick-up and a broker hop.
 const STAGES: [&str; 3] = [
@@ -90,7 +91,7 @@ async fn stages(pool: &PgPool, users: &[String]) -> anyhow::Result<Vec<Stage>> {
     };
     let rows: Vec<Times> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT o.created_at,
-                min(e.occurred_at) FILTER (WHERE e.event_type = 'saga_started'),
+                min(e.occurred_at) FILTER (WHERE e.event_type IN ('command_sent', 'saga_started')),
                 min(e.occurred_at) FILTER (WHERE e.event_type = 'reply_received'),
                 o.updated_at
          FROM orders o JOIN {events_table} e ON e.order_id = o.id
