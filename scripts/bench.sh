@@ -26,6 +26,12 @@ OUT=${BENCH_OUT:-.stack/bench}
 mkdir -p "$OUT"
 
 # Builds from this checkout only what BENCH_BIN and BENCH_TOOL do not name.
+# The target folder may be shared with other clones (.ci/run's, an A/B's): cargo
+# copies a binary to release/ only when it builds it, so a binary another clone
+# built since would be measured instead. Touching the entry points makes cargo
+# build and copy this checkout's (about half a minute: the binaries' own crates).
+[[ -n ${BENCH_BIN:-} ]] || touch src/main.rs
+[[ -n ${BENCH_TOOL:-} ]] || touch src/bin/ordersaga-bench/main.rs
 build=()
 [[ -n ${BENCH_BIN:-} ]] || build+=(--bin ordersaga)
 [[ -n ${BENCH_TOOL:-} ]] || build+=(--bin ordersaga-bench)
