@@ -21,7 +21,15 @@ const SETTLE: Duration = Duration::from_secs(60);
 const RECOVERY: Duration = Duration::from_secs(90);
 
 async fn status_and_reason(api: &crate::common::Api, id: &str) -> (String, Option<String>) {
-    let order = api.wait_settled(id, SETTLE).await;
+    status_and_reason_within(api, id, SETTLE).await
+}
+
+async fn status_and_reason_within(
+    api: &crate::common::Api,
+    id: &str,
+    deadline: Duration,
+) -> (String, Option<String>) {
+    let order = api.wait_settled(id, deadline).await;
     (
         order["status"].as_str().unwrap().to_string(),
         order["cancel_reason"].as_str().map(str::to_owned),
@@ -142,9 +150,7 @@ async fn orders_accepted_while_the_broker_is_down_settle_once_it_is_back() {
     assert_eq!(status, 503, "readiness names the broker while it is down");
     kafka.start();
     for (id, invalid) in &accepted {
-        let order = api.wait_settled(id, RECOVERY).await;
-        let status = order["status"].as_str().unwrap().to_string();
-        let reason = order["cancel_reason"].as_str().map(str::to_owned);
+        let (status, reason) = status_and_reason_within(&api, id, RECOVERY).await;
         if *invalid {
             assert_eq!(
                 (status.as_str(), reason.as_deref()),
