@@ -258,6 +258,88 @@ async fn terminal_statuses_are_final_in_sql_whatever_the_client() {
     assert_eq!(transitions, vec![(None, "PROCESSING".into())]);
 }
 
+/// Runs `sql`, which a CHECK (of a table or a domain) must refuse.
+async fn refused_by_a_check(db: &TestDb, sql: String) {
+    let err = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .execute(db.pool())
+        .await
+        .expect_err(&sql);
+    let code = err.as_database_error().and_then(|e| e.code());
+    assert_eq!(code.as_deref(), Some("23514"), "{sql}: {err}");
+}
+
+/// The rules on a field's own value (the columns' domains) and on the parts of
+/// a saga-log row hold whatever the client, as the status rule does.
+#[tokio::test]
+async fn the_database_holds_every_field_and_log_row_to_its_rule() {
+    let db = TestDb::new().await;
+    let refused = |sql: String| refused_by_a_check(&db, sql);
+    let valid = [
+        ("user_id", "'u'"),
+        ("value", "1"),
+        ("installment", "1"),
+        ("method", "'cash'"),
+        ("status", "'PROCESSING'"),
+    ];
+    let insert = |column: &str, literal: &'static str| {
+        let values = valid.map(|(c, v)| if c == column { literal } else { v });
+        format!(
+            "INSERT INTO orders (id, user_id, value, installment, method, status, correlation_id, created_at, updated_at)
+             VALUES (gen_random_uuid(), {}, '', now(), now())",
+            values.join(", ")
+        )
+    };
+    sqlx::query(sqlx::AssertSqlSafe(insert("", "")))
+        .execute(db.pool())
+        .await
+        .expect("the valid order");
+    for (column, literal) in [
+        ("user_id", "''"),
+        ("user_id", "repeat('u', 65)"),
+        ("value", "0"),
+        ("value", "-1"),
+        ("installment", "0"),
+        ("method", "'cheque'"),
+        ("status", "'LOST'"),
+    ] {
+        refused(insert(column, literal)).await;
+    }
+    let order = placed_order(&db).await;
+    refused(format!(
+        "UPDATE orders SET status = 'LOST' WHERE id = '{}'",
+        order.id
+    ))
+    .await;
+    refused(format!(
+        "UPDATE orders SET method = 'cheque' WHERE id = '{}'",
+        order.id
+    ))
+    .await;
+
+    let log = "INSERT INTO saga_log (order_id, occurred_at, event_id, event_type, payload, message_id, topic, message_type, correlation_id, message)";
+    let event = "gen_random_uuid(), 'order_created', '{}'";
+    let message = "gen_random_uuid(), 'orders.created', 'order-created', 'c', '{}'";
+    for (what, values) in [
+        ("an event", format!("{event}, NULL, NULL, NULL, NULL, NULL")),
+        ("a message", format!("NULL, NULL, NULL, {message}")),
+        ("both", format!("{event}, {message}")),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{log} VALUES (gen_random_uuid(), now(), {values})"
+        )))
+        .execute(db.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    for values in [
+        "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL".to_owned(),
+        format!("gen_random_uuid(), NULL, '{{}}', {message}"),
+        format!("{event}, gen_random_uuid(), 'orders.created', NULL, 'c', '{{}}'"),
+    ] {
+        refused(format!("{log} VALUES (gen_random_uuid(), now(), {values})")).await;
+    }
+}
+
 /// The status rule lives in the domain (`OrderStatus::can_become`); the
 /// database's trigger repeats it as a backstop. They must agree on every move.
 #[tokio::test]
