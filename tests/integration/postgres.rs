@@ -13,6 +13,7 @@ use ordersaga::application::ports::{
     SagaStore, SagaWrite, StoreError,
 };
 use ordersaga::application::relay::{Pass, Relay, RelaySettings};
+use ordersaga::domain::order::USER_ID_MAX_CHARS;
 use ordersaga::domain::{
     NewOrder, Order, OrderId, OrderStatus, Saga, SagaPolicy, Settlement, StepOutcome, StepState,
     UserId,
@@ -281,7 +282,8 @@ async fn the_database_holds_every_field_and_log_row_to_its_rule() {
         ("method", "'cash'"),
         ("status", "'PROCESSING'"),
     ];
-    let insert = |column: &str, literal: &'static str| {
+    // The order `valid` describes, with `column` set to `literal` instead.
+    let insert = |column: &str, literal: &str| {
         let values = valid.map(|(c, v)| if c == column { literal } else { v });
         format!(
             "INSERT INTO orders (id, user_id, value, installment, method, status, correlation_id, created_at, updated_at)
@@ -289,13 +291,18 @@ async fn the_database_holds_every_field_and_log_row_to_its_rule() {
             values.join(", ")
         )
     };
-    sqlx::query(sqlx::AssertSqlSafe(insert("", "")))
-        .execute(db.pool())
-        .await
-        .expect("the valid order");
+    // The longest user_id the domain takes (`UserId`) is the longest the database takes.
+    let longest = format!("repeat('u', {USER_ID_MAX_CHARS})");
+    let too_long = format!("repeat('u', {})", USER_ID_MAX_CHARS + 1);
+    for sql in [insert("user_id", "'u'"), insert("user_id", &longest)] {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(db.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
     for (column, literal) in [
         ("user_id", "''"),
-        ("user_id", "repeat('u', 65)"),
+        ("user_id", too_long.as_str()),
         ("value", "0"),
         ("value", "-1"),
         ("installment", "0"),
