@@ -485,3 +485,48 @@ fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
         "unreadable {what} in the database: {detail}"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATOR;
+
+    /// The binary applies the migrations this checkout has, every one and as
+    /// written: `MIGRATOR` is copied from `migrations/` when the library
+    /// compiles, and only `build.rs` tells cargo to compile it again when a
+    /// migration is added or edited (until then a new one was left out).
+    #[test]
+    fn the_binary_carries_every_migration_of_the_checkout() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut on_disk: Vec<(i64, String)> = std::fs::read_dir(&dir)
+            .expect("the migrations folder")
+            .map(|entry| entry.expect("a migration file").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "sql"))
+            .map(|path| {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let version = name
+                    .split('_')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{name} does not start with its version"));
+                (version, std::fs::read_to_string(&path).expect("readable"))
+            })
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<(i64, String)> = MIGRATOR
+            .iter()
+            .map(|m| (m.version, m.sql.as_str().to_owned()))
+            .collect();
+        let versions = |v: &[(i64, String)]| v.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+        assert_eq!(
+            versions(&embedded),
+            versions(&on_disk),
+            "the migrations' versions"
+        );
+        for ((version, embedded), (_, file)) in embedded.iter().zip(&on_disk) {
+            assert!(
+                embedded == file,
+                "migration {version} differs from its file"
+            );
+        }
+    }
+}
