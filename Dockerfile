@@ -12,6 +12,7 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
  && rm -rf src
 COPY src src
 COPY migrations migrations
+COPY build.rs build.rs
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --no-default-features --bin ordersaga
 
 FROM debian:bookworm-slim
