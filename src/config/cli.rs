@@ -390,8 +390,14 @@ pub struct RelayArgs {
     pub relay_idle_poll_ms: u64,
     /// Least time between two batches of saga events copied to MongoDB, in ms:
     /// under load, fewer and larger batches. The event log is not on the saga's path.
-    #[arg(long, env = "RELAY_EVENTS_GATHER_MS", default_value_t = 50)]
+    #[arg(long, env = "RELAY_EVENTS_GATHER_MS", default_value_t = RelaySettings::DEFAULT_GATHER.as_millis() as u64)]
     pub relay_events_gather_ms: u64,
+    /// How long after sending the messages its own process committed the
+    /// relay reads the saga log past them, in ms (the read that moves its
+    /// position; other processes' messages are read as soon as they announce
+    /// them). Longer: fewer reads, more sent again after a relay's crash.
+    #[arg(long, env = "RELAY_CATCH_UP_MS", default_value_t = RelaySettings::DEFAULT_GATHER.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub relay_catch_up_ms: u64,
     /// One relay at a time follows each feed of the saga log (messages,
     /// events), holding it for this long (ms) after each read; when its
     /// process dies, another relay takes the feed over after this.

@@ -329,6 +329,7 @@ impl RelayArgs {
             batch_size: self.relay_batch_size,
             idle_poll: ms(self.relay_idle_poll_ms),
             events_gather: ms(self.relay_events_gather_ms),
+            catch_up: ms(self.relay_catch_up_ms),
             lease: ms(self.relay_lease_ms),
             ..RelaySettings::default()
         }
