@@ -401,6 +401,36 @@ mod tests {
     }
 
     #[test]
+    fn the_relays_read_intervals_default_to_the_relays_own_and_can_be_set() {
+        use crate::application::relay::RelaySettings;
+        use crate::config::cli::Command;
+        use std::time::Duration;
+        let relay = |args: &[&str]| {
+            let argv = ["ordersaga", "all"].iter().chain(args).copied();
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::All(all)) => Ok(all.relay.settings()),
+                Ok(_) => unreachable!("parsed as `all`"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(relay(&[]).unwrap(), RelaySettings::default());
+        let set = relay(&[
+            "--relay-catch-up-ms",
+            "40",
+            "--relay-events-gather-ms",
+            "70",
+        ])
+        .unwrap();
+        assert_eq!(
+            (set.catch_up, set.events_gather),
+            (Duration::from_millis(40), Duration::from_millis(70))
+        );
+        // Past what the relay remembers of a hand-over, it would send it again.
+        let err = relay(&["--relay-catch-up-ms", "10001"]).unwrap_err();
+        assert!(err.contains("--relay-catch-up-ms"), "{err}");
+    }
+
+    #[test]
     fn kafka_security_settings_become_librdkafka_properties_that_hide_their_secrets() {
         let cli = Cli::try_parse_from([
             "ordersaga",
