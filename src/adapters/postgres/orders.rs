@@ -292,11 +292,11 @@ async fn insert_batch(warm: &Warm, batch: &[Insert]) -> Result<i64, sqlx::Error>
         .bind(column(batch, |j| j.event.at))
         .bind(column(batch, |j| j.event.event_id))
         .bind(column(batch, |j| j.event.kind.as_str()))
-        .bind(column(batch, |j| j.event.payload.clone()))
+        .bind(column(batch, |j| &j.event.payload))
         .bind(column(batch, |j| j.message.message_id))
         .bind(column(batch, |j| j.message.topic.name()))
         .bind(column(batch, |j| j.message.message_type.as_str()))
-        .bind(column(batch, |j| j.message.payload.clone()));
+        .bind(column(batch, |j| &j.message.payload));
     warm.run(async |c| query.fetch_one(c).await).await
 }
 
@@ -323,6 +323,38 @@ impl PgStore {
                 order.id
             )))
         })
+    }
+
+    /// Places an order under an idempotency key: the claim and the insert in
+    /// one transaction; a repeat of the first request returns its order.
+    async fn place_with_key(
+        &self,
+        order: &Order,
+        correlation_id: &str,
+        claim: &IdempotencyClaim,
+        entry: &LogEntry,
+    ) -> Result<PlaceOutcome, StoreError> {
+        let message = order_created(entry)?;
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        if let Some((earlier, earlier_order)) = Self::claim_key(&mut tx, claim, order.id).await? {
+            tx.rollback().await.map_err(classify)?;
+            if earlier != claim.request {
+                return Ok(PlaceOutcome::KeyConflict);
+            }
+            let existing = self
+                .get(earlier_order)
+                .await?
+                .ok_or_else(|| corrupt("idempotency key", "order missing"))?;
+            return Ok(PlaceOutcome::Replayed(existing));
+        }
+        let version = insert_order(order, correlation_id, &entry.event, message)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        self.sagas.inserted(version, order, correlation_id);
+        self.wake.committed([(message, entry.event.at)]);
+        Ok(PlaceOutcome::Created(order.clone()))
     }
 
     /// Claims the idempotency key for `order_id` (taking over an expired claim).
@@ -394,24 +426,10 @@ impl OrderStore for PgStore {
                     return Ok(PlaceOutcome::Created(order.clone()));
                 }
             }
+            // Boxed: its transaction's state would otherwise make every
+            // call's future larger, and each call copies that future once.
             Some(claim) => {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                if let Some((earlier, earlier_order)) =
-                    Self::claim_key(&mut tx, claim, order.id).await?
-                {
-                    tx.rollback().await.map_err(classify)?;
-                    if earlier != claim.request {
-                        return Ok(PlaceOutcome::KeyConflict);
-                    }
-                    let existing = self
-                        .get(earlier_order)
-                        .await?
-                        .ok_or_else(|| corrupt("idempotency key", "order missing"))?;
-                    return Ok(PlaceOutcome::Replayed(existing));
-                }
-                let version = insert().fetch_one(&mut *tx).await.map_err(classify)?;
-                tx.commit().await.map_err(classify)?;
-                self.sagas.inserted(version, order, correlation_id);
+                return Box::pin(self.place_with_key(order, correlation_id, claim, entry)).await;
             }
         }
         self.wake.committed([(message, entry.event.at)]);

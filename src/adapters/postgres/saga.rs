@@ -554,7 +554,7 @@ async fn write(warm: &Warm, orders: &[Current]) -> Result<HashMap<Uuid, i64>, St
         .bind(column(&entries, |(_, e)| e.event.at))
         .bind(column(&entries, |(_, e)| e.event.event_id))
         .bind(column(&entries, |(_, e)| e.event.kind.as_str()))
-        .bind(column(&entries, |(_, e)| e.event.payload.clone()))
+        .bind(column(&entries, |(_, e)| &e.event.payload))
         .bind(column(&entries, |(_, e)| message(e).map(|m| m.message_id)))
         .bind(column(&entries, |(_, e)| {
             message(e).map(|m| m.topic.name())
@@ -565,9 +565,7 @@ async fn write(warm: &Warm, orders: &[Current]) -> Result<HashMap<Uuid, i64>, St
         .bind(column(&entries, |(_, e)| {
             message(e).map(|m| m.correlation_id.as_str())
         }))
-        .bind(column(&entries, |(_, e)| {
-            message(e).map(|m| m.payload.clone())
-        }));
+        .bind(column(&entries, |(_, e)| message(e).map(|m| &m.payload)));
     let written = warm
         .run(async |c| query.fetch_all(c).await)
         .await
