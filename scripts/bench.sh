@@ -20,8 +20,10 @@ cd "$(dirname "$0")/.."
 set -a; . .stack/env; set +a
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ordersaga/target}
 # Open loops first (each waits for its orders to settle), the closed loop last: it
-# accepts orders faster than the saga settles them and leaves a backlog.
-SCENARIOS=${BENCH_SCENARIOS:-"open:100:15 open:200:30 open:300:15 closed:8:15 api:8:10"}
+# accepts orders faster than the saga settles them and leaves a backlog. The API alone
+# twice: at 8 in flight it waits on its round trips (a quarter of the cores idle), at 32
+# it is near what the machine can take (docs/performance.md, twenty-first session).
+SCENARIOS=${BENCH_SCENARIOS:-"open:100:15 open:200:30 open:300:15 closed:8:15 api:8:10 api:32:10"}
 OUT=${BENCH_OUT:-.stack/bench}
 mkdir -p "$OUT"
 
