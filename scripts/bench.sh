@@ -15,6 +15,9 @@
 #                    (e.g. a copy of an earlier build, for an A/B on the same stack)
 #   BENCH_TOOL       the ordersaga-bench binary that measures instead of this checkout's,
 #                    so an A/B can measure both builds with one tool and the same floors
+#   BENCH_FLOOR_CONNECTIONS  connections of the PostgreSQL floor, in every scenario
+#                    (default 8: where it does best on two cores; more connections
+#                    take fewer inserts a second)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set -a; . .stack/env; set +a
@@ -24,6 +27,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ordersaga/target}
 # twice: at 8 in flight it waits on its round trips (a quarter of the cores idle), at 32
 # it is near what the machine can take (docs/performance.md, twenty-first session).
 SCENARIOS=${BENCH_SCENARIOS:-"open:100:15 open:200:30 open:300:15 closed:8:15 api:8:10 api:32:10"}
+FLOOR_CONNECTIONS=${BENCH_FLOOR_CONNECTIONS:-8}
 OUT=${BENCH_OUT:-.stack/bench}
 mkdir -p "$OUT"
 
@@ -104,7 +108,8 @@ for s in $SCENARIOS; do
       api_pid=$!
       wait_ready "$API_PORT" "$api_pid" "ordersaga api" "$OUT/ordersaga-api.log"
       DATABASE_URL=$API_DB "$TOOL" --url "http://127.0.0.1:$API_PORT" --pid "$api_pid" --api-only \
-        --concurrency "$n" --duration-secs "$secs" --floor-secs 5 --json "$OUT/api-$n.json" | tee "$OUT/api-$n.md"
+        --concurrency "$n" --duration-secs "$secs" --floor-secs 5 --floor-connections "$FLOOR_CONNECTIONS" \
+        --json "$OUT/api-$n.json" | tee "$OUT/api-$n.md"
       kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; api_pid=
       continue ;;
     *) echo "bench: unknown scenario $s (closed:N:SECS, open:RATE:SECS or api:N:SECS)" >&2; exit 2 ;;
@@ -112,6 +117,6 @@ for s in $SCENARIOS; do
   start_all
   # Every scenario measures its floors again, on the same servers, just before its load.
   "$TOOL" --url "http://127.0.0.1:$PORT" --pid "$pid" --duration-secs "$secs" "${load[@]}" \
-    --floor-secs 5 --json "$OUT/$mode-$n.json" | tee "$OUT/$mode-$n.md"
+    --floor-secs 5 --floor-connections "$FLOOR_CONNECTIONS" --json "$OUT/$mode-$n.json" | tee "$OUT/$mode-$n.md"
 done
 echo "bench: reports in $OUT; service log $log" >&2

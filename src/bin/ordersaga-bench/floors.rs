@@ -21,11 +21,12 @@ use ordersaga::domain::OrderId;
 
 /// Floor (a): what a new order costs the database at the least: an order row
 /// and its outbox row, inserted in one transaction (one statement, one
-/// commit), from `concurrency` connections for `duration`. The tables are
+/// commit), from `connections` connections for `duration`. The tables are
 /// scratch copies shaped like `orders` (its primary key and the user index)
 /// and the saga log (its primary key), with nothing else.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct InsertFloor {
+    pub connections: u32,
     pub per_sec: f64,
     pub latency: Summary,
 }
@@ -33,7 +34,7 @@ pub struct InsertFloor {
 pub async fn postgres_insert(
     pool: &PgPool,
     run_id: &str,
-    concurrency: u32,
+    connections: u32,
     duration: Duration,
 ) -> anyhow::Result<InsertFloor> {
     let (orders, log) = (
@@ -58,7 +59,7 @@ pub async fn postgres_insert(
     let deadline = started + duration;
     // One histogram for every connection (locked only to record one).
     let all = Arc::new(Mutex::new(latencies()));
-    let workers: Vec<_> = (0..concurrency)
+    let workers: Vec<_> = (0..connections)
         .map(|_| {
             let (pool, insert, all) = (pool.clone(), insert.clone(), all.clone());
             tokio::spawn(async move {
@@ -88,6 +89,7 @@ pub async fn postgres_insert(
     .await
     .ok();
     Ok(InsertFloor {
+        connections,
         per_sec: latency.count as f64 / elapsed,
         latency,
     })

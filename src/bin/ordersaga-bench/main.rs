@@ -39,9 +39,14 @@ pub struct BenchArgs {
     /// Base URL of the running API.
     #[arg(long, env = "BENCH_URL", default_value = "http://127.0.0.1:8000")]
     pub url: String,
-    /// Closed loop: requests kept in flight. Also the connection count of the PostgreSQL floor.
+    /// Closed loop: requests kept in flight. Also the connection count of the PostgreSQL floor
+    /// unless --floor-connections says otherwise.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
+    /// Connections of the PostgreSQL floor (default: --concurrency). To compare the API at
+    /// many requests in flight with the floor where it does best (docs/performance.md).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub floor_connections: Option<u32>,
     /// Open loop: offered orders per second, sent on schedule whatever the answers
     /// (latency counts from the scheduled time). Without it the load is closed-loop.
     #[arg(long)]
@@ -89,6 +94,13 @@ pub struct BenchArgs {
     pub kafka: KafkaArgs,
 }
 
+impl BenchArgs {
+    /// The PostgreSQL floor's connections.
+    pub fn floor_connections(&self) -> u32 {
+        self.floor_connections.unwrap_or(self.concurrency)
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = BenchArgs::parse();
@@ -113,7 +125,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let pool = ordersaga::adapters::postgres::pool_options()
-        .max_connections(args.concurrency + 2)
+        .max_connections(args.concurrency.max(args.floor_connections()) + 2)
         .acquire_timeout(Duration::from_secs(10))
         .connect(&args.db.url().map_err(anyhow::Error::msg)?)
         .await
@@ -136,12 +148,13 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         eprintln!(
             "bench: floor (a): order INSERT + outbox INSERT + COMMIT, {} connections, {} s",
-            args.concurrency, args.floor_secs
+            args.floor_connections(),
+            args.floor_secs
         );
         let insert = floors::postgres_insert(
             &pool,
             &run_id,
-            args.concurrency,
+            args.floor_connections(),
             Duration::from_secs(args.floor_secs),
         )
         .await?;
@@ -250,6 +263,24 @@ mod tests {
         assert!(
             wrong.is_empty(),
             "README's configuration table lacks or misstates {wrong:?}"
+        );
+    }
+
+    #[test]
+    fn the_floor_takes_the_loads_connections_unless_told_otherwise() {
+        let parse = |extra: &[&str]| {
+            BenchArgs::try_parse_from(
+                ["ordersaga-bench", "--concurrency", "32"]
+                    .iter()
+                    .chain(extra),
+            )
+            .unwrap()
+            .floor_connections()
+        };
+        assert_eq!(parse(&[]), 32);
+        assert_eq!(parse(&["--floor-connections", "8"]), 8);
+        assert!(
+            BenchArgs::try_parse_from(["ordersaga-bench", "--floor-connections", "0"]).is_err()
         );
     }
 

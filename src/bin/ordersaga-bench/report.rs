@@ -7,7 +7,7 @@ use super::{BenchArgs, Summary};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Floors {
-    /// (a) an order and its outbox row in one transaction, at the same concurrency.
+    /// (a) an order and its outbox row in one transaction, from `--floor-connections`.
     pub insert: InsertFloor,
     /// (b) one produce → consume round trip (not measured for the API alone).
     pub rtt: Option<Summary>,
@@ -93,7 +93,7 @@ impl Report {
             insert
                 .map(|i| format!(
                     "(a) order+outbox INSERT, COMMIT ×{}: {:.0}/s",
-                    self.concurrency, i.per_sec
+                    i.connections, i.per_sec
                 ))
                 .unwrap_or("–".into()),
             insert
