@@ -1,5 +1,6 @@
 //! `OrderStore` on PostgreSQL.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -325,36 +326,35 @@ impl PgStore {
         })
     }
 
-    /// Places an order under an idempotency key: the claim and the insert in
-    /// one transaction; a repeat of the first request returns its order.
-    async fn place_with_key(
+    /// Claims the idempotency key and inserts the order in one transaction;
+    /// returns the order's version, or what the key's earlier use answers
+    /// (its order again, or a conflict).
+    async fn insert_with_key(
         &self,
         order: &Order,
         correlation_id: &str,
         claim: &IdempotencyClaim,
-        entry: &LogEntry,
-    ) -> Result<PlaceOutcome, StoreError> {
-        let message = order_created(entry)?;
+        event: &NewEvent,
+        message: &OutboundMessage,
+    ) -> Result<ControlFlow<PlaceOutcome, i64>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         if let Some((earlier, earlier_order)) = Self::claim_key(&mut tx, claim, order.id).await? {
             tx.rollback().await.map_err(classify)?;
             if earlier != claim.request {
-                return Ok(PlaceOutcome::KeyConflict);
+                return Ok(ControlFlow::Break(PlaceOutcome::KeyConflict));
             }
             let existing = self
                 .get(earlier_order)
                 .await?
                 .ok_or_else(|| corrupt("idempotency key", "order missing"))?;
-            return Ok(PlaceOutcome::Replayed(existing));
+            return Ok(ControlFlow::Break(PlaceOutcome::Replayed(existing)));
         }
-        let version = insert_order(order, correlation_id, &entry.event, message)
+        let version = insert_order(order, correlation_id, event, message)
             .fetch_one(&mut *tx)
             .await
             .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
-        self.sagas.inserted(version, order, correlation_id);
-        self.wake.committed([(message, entry.event.at)]);
-        Ok(PlaceOutcome::Created(order.clone()))
+        Ok(ControlFlow::Continue(version))
     }
 
     /// Claims the idempotency key for `order_id` (taking over an expired claim).
@@ -406,32 +406,38 @@ impl OrderStore for PgStore {
         entry: &LogEntry,
     ) -> Result<PlaceOutcome, StoreError> {
         let message = order_created(entry)?;
-        let insert = || insert_order(order, correlation_id, &entry.event, message);
-        match idempotency {
+        // The version, and the inline insert's slot (held until the saga
+        // store has the order, as a writer holds its own).
+        let (version, _slot) = match idempotency {
             // Inserted here while few inserts run (one statement, its own
             // transaction); otherwise queued for a writer, which inserts it
             // with the other orders waiting (one statement, one commit).
             None => {
-                if let Some(_slot) = self.inserts.inline_slot() {
-                    let insert = insert();
-                    let version = self
-                        .warm
-                        .run(async |c| insert.fetch_one(c).await)
-                        .await
-                        .map_err(classify)?;
-                    self.sagas.inserted(version, order, correlation_id);
-                } else {
+                let Some(slot) = self.inserts.inline_slot() else {
                     self.queue_insert(order, correlation_id, entry).await?;
                     // The writer has woken the relays.
                     return Ok(PlaceOutcome::Created(order.clone()));
-                }
+                };
+                let insert = insert_order(order, correlation_id, &entry.event, message);
+                let version = self
+                    .warm
+                    .run(async |c| insert.fetch_one(c).await)
+                    .await
+                    .map_err(classify)?;
+                (version, Some(slot))
             }
             // Boxed: its transaction's state would otherwise make every
             // call's future larger, and each call copies that future once.
             Some(claim) => {
-                return Box::pin(self.place_with_key(order, correlation_id, claim, entry)).await;
+                let keyed =
+                    self.insert_with_key(order, correlation_id, claim, &entry.event, message);
+                match Box::pin(keyed).await? {
+                    ControlFlow::Continue(version) => (version, None),
+                    ControlFlow::Break(earlier) => return Ok(earlier),
+                }
             }
-        }
+        };
+        self.sagas.inserted(version, order, correlation_id);
         self.wake.committed([(message, entry.event.at)]);
         Ok(PlaceOutcome::Created(order.clone()))
     }
