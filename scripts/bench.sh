@@ -27,7 +27,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ordersaga/target}
 # twice: at 8 in flight it waits on its round trips (a quarter of the cores idle), at 32
 # it is near what the machine can take (docs/performance.md, twenty-first session).
 SCENARIOS=${BENCH_SCENARIOS:-"open:100:15 open:200:30 open:300:15 closed:8:15 api:8:10 api:32:10"}
-FLOOR_CONNECTIONS=${BENCH_FLOOR_CONNECTIONS:-8}
+# Floor (a)'s settings, the same in every scenario.
+floor=(--floor-secs 5 --floor-connections "${BENCH_FLOOR_CONNECTIONS:-8}")
 OUT=${BENCH_OUT:-.stack/bench}
 mkdir -p "$OUT"
 
@@ -108,8 +109,7 @@ for s in $SCENARIOS; do
       api_pid=$!
       wait_ready "$API_PORT" "$api_pid" "ordersaga api" "$OUT/ordersaga-api.log"
       DATABASE_URL=$API_DB "$TOOL" --url "http://127.0.0.1:$API_PORT" --pid "$api_pid" --api-only \
-        --concurrency "$n" --duration-secs "$secs" --floor-secs 5 --floor-connections "$FLOOR_CONNECTIONS" \
-        --json "$OUT/api-$n.json" | tee "$OUT/api-$n.md"
+        --concurrency "$n" --duration-secs "$secs" "${floor[@]}" --json "$OUT/api-$n.json" | tee "$OUT/api-$n.md"
       kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; api_pid=
       continue ;;
     *) echo "bench: unknown scenario $s (closed:N:SECS, open:RATE:SECS or api:N:SECS)" >&2; exit 2 ;;
@@ -117,6 +117,6 @@ for s in $SCENARIOS; do
   start_all
   # Every scenario measures its floors again, on the same servers, just before its load.
   "$TOOL" --url "http://127.0.0.1:$PORT" --pid "$pid" --duration-secs "$secs" "${load[@]}" \
-    --floor-secs 5 --floor-connections "$FLOOR_CONNECTIONS" --json "$OUT/$mode-$n.json" | tee "$OUT/$mode-$n.md"
+    "${floor[@]}" --json "$OUT/$mode-$n.json" | tee "$OUT/$mode-$n.md"
 done
 echo "bench: reports in $OUT; service log $log" >&2
