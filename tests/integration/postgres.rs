@@ -1053,10 +1053,10 @@ async fn a_full_batch_takes_the_earliest_rows_where_a_txid_gains_a_digit() {
     assert_eq!(txids(next.rows)[0], 101, "then the next, in order");
 }
 
-/// The statements every order runs (the saga's read and write, the relays'
+/// The statements every order runs (the saga's read and writes, the relays'
 /// read) reuse their connection's plan, not plan again for their values:
 /// planning cost PostgreSQL as much as running them, or more.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_statements_of_every_order_are_planned_once_per_connection() {
     let db = TestDb::new().await;
     let order = placed_order(&db).await;
@@ -1083,7 +1083,8 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
         }
     };
     let pool = db.pool_of(1).await;
-    let store = PgStore::from_pool(pool.clone());
+    // One saga writer, so decisions queued while it is busy make one batch.
+    let store = PgStore::from_pool(pool.clone()).with_saga_writers(1, 64);
     // Reads near the log's end in batches of 500, as a relay reads it: there,
     // a plan for the values would look cheaper than the general one.
     let read = |(txid, seq): (u64, i64), n: i64| {
@@ -1112,10 +1113,28 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
     for n in 0..RUNS {
         read(end, n).await;
     }
-    // Sagas started one at a time: each reads its order, then writes it.
+    // Sagas started one at a time: each reads its order, then writes it
+    // (the one-order write).
     for order in place_orders(&service_on(&store), RUNS as u32).await {
         let outcome = store.transact(order.id, Box::new(start_decision)).await;
         assert_eq!(outcome.unwrap(), SagaOutcome::Applied);
+    }
+    // Two sagas at a time, queued while the writer is busy: the batch write.
+    for _ in 0..RUNS {
+        let orders = place_orders(&service_on(&store), 3).await;
+        let (first, release) = hold_the_writer(&store, orders[0].id).await;
+        let mut queued = vec![
+            store.transact(orders[1].id, Box::new(start_decision)),
+            store.transact(orders[2].id, Box::new(start_decision)),
+        ];
+        for f in &mut queued {
+            assert!(futures::poll!(f).is_pending());
+        }
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), SagaOutcome::Applied);
+        for outcome in futures::future::join_all(queued).await {
+            assert_eq!(outcome.unwrap(), SagaOutcome::Applied);
+        }
     }
     let plans: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements
@@ -1125,19 +1144,15 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(plans.len(), 3, "{plans:?}");
+    // The relays' read, the saga's read, its one-order and its batch write.
+    assert_eq!(plans.len(), 4, "{plans:?}");
     for (statement, generic, custom) in plans {
         // PostgreSQL makes five custom plans before it weighs the generic one.
         assert!(
             custom <= 5,
             "{custom} custom plans, {generic} generic: {statement}"
         );
-        let runs = if statement.contains("pg_snapshot_xmin") {
-            2 * RUNS
-        } else {
-            RUNS
-        };
-        assert_eq!(generic + custom, runs, "{statement}");
+        assert!(generic + custom >= RUNS, "{statement}");
     }
 }
 
