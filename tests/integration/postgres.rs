@@ -1114,14 +1114,16 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
         read(end, n).await;
     }
     // Sagas started one at a time: each reads its order, then writes it
-    // (the one-order write).
+    // (the one-order read and write).
     for order in place_orders(&service_on(&store), RUNS as u32).await {
         let outcome = store.transact(order.id, Box::new(start_decision)).await;
         assert_eq!(outcome.unwrap(), SagaOutcome::Applied);
     }
-    // Two sagas at a time, queued while the writer is busy: the batch write.
+    // Two sagas at a time, queued while the writer is busy, of orders another
+    // store placed: the batch read and write.
+    let elsewhere = service_on(&PgStore::from_pool(pool.clone()));
     for _ in 0..RUNS {
-        let orders = place_orders(&service_on(&store), 3).await;
+        let orders = place_orders(&elsewhere, 3).await;
         let (first, release) = hold_the_writer(&store, orders[0].id).await;
         let mut queued = vec![
             store.transact(orders[1].id, Box::new(start_decision)),
@@ -1144,8 +1146,8 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    // The relays' read, the saga's read, its one-order and its batch write.
-    assert_eq!(plans.len(), 4, "{plans:?}");
+    // The relays' read; the saga's reads and writes of one order and of a batch.
+    assert_eq!(plans.len(), 5, "{plans:?}");
     for (statement, generic, custom) in plans {
         // PostgreSQL makes five custom plans before it weighs the generic one.
         assert!(
