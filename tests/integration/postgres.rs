@@ -1154,7 +1154,14 @@ async fn the_statements_of_every_order_are_planned_once_per_connection() {
             custom <= 5,
             "{custom} custom plans, {generic} generic: {statement}"
         );
-        assert!(generic + custom >= RUNS, "{statement}");
+        // The relays read twice a round; a one-order read or write (`id =
+        // $1`) runs for the single sagas and for each batch's held order.
+        let runs = if statement.contains("pg_snapshot_xmin") || statement.contains("id = $1") {
+            2 * RUNS
+        } else {
+            RUNS
+        };
+        assert_eq!(generic + custom, runs, "{statement}");
     }
 }
 
