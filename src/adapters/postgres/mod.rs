@@ -2,13 +2,13 @@
 //!
 //! **One plan per statement.** The statements every order runs (the saga's
 //! read and write of several orders in `saga.rs`, the relays' read in
-//! `log.rs`) take their values through sub-selects, `(SELECT $1::uuid[])`, which the planner
-//! cannot see into. Given the values themselves, PostgreSQL planned each
-//! run anew (a plan for one order's array, or for a position near the log's
-//! end, looks cheaper than the general one), and the planning cost as much
-//! as the run or more: at 100 orders/s, 3.2 s of planning in 30 s. Hidden,
-//! every plan costs the same and each connection keeps the first general
-//! one, the same index walk. (Forcing general plans on every statement with
+//! `log.rs`) take their values through sub-selects, `(SELECT $1::uuid[])`,
+//! which the planner cannot see into. Given the values themselves,
+//! PostgreSQL planned each run anew (a plan for one order's array, or for a
+//! position near the log's end, looks cheaper than the general one), and
+//! the planning cost as much as the run or more: at 100 orders/s, 3.2 s of
+//! planning in 30 s. Hidden, every plan costs the same and each connection
+//! keeps the first general one, the same index walk. (Forcing general plans on every statement with
 //! `plan_cache_mode` was tried: a statement planned while its table was
 //! nearly empty kept a full scan until the table's statistics changed.)
 //! The saga's read and write of one order take its id as it is: a lookup by

@@ -51,23 +51,22 @@ struct StoredOrder {
 /// transaction that wrote the row last), without locking them. (The values
 /// of this statement and of `WRITE_SQL` come through sub-selects: one plan
 /// per connection, see the module `postgres`.)
-static READ_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {ORDER_COLUMNS}, correlation_id, saga, xmin::text::bigint AS version
-           FROM orders WHERE id = ANY((SELECT $1::uuid[])::uuid[])"
-    )
-});
+static READ_SQL: LazyLock<String> =
+    LazyLock::new(|| read_orders("id = ANY((SELECT $1::uuid[])::uuid[])"));
 
 /// `READ_SQL` for one order, by its id rather than a one-element array: a
 /// tenth less PostgreSQL CPU (docs/performance.md, the twenty-second
 /// session). Where the orchestrator runs apart from the API, every saga
 /// starts with this read.
-static READ_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
+static READ_ONE_SQL: LazyLock<String> = LazyLock::new(|| read_orders("id = $1"));
+
+/// The saga's read of the orders `filter` picks.
+fn read_orders(filter: &str) -> String {
     format!(
         "SELECT {ORDER_COLUMNS}, correlation_id, saga, xmin::text::bigint AS version
-           FROM orders WHERE id = $1"
+           FROM orders WHERE {filter}"
     )
-});
+}
 
 /// Writes a batch of decisions in one statement: each order's saga (and its
 /// settlement, only from PROCESSING) in place, only if the order is still
