@@ -580,10 +580,10 @@ async fn write(warm: &Warm, orders: &[Current]) -> Result<HashMap<Uuid, i64>, St
         .map_err(|e| StoreError::Other(e.into()))?;
     let settle = |w: &SagaWrite| w.settle.map(Settlement::status).map(|s| s.as_str());
     let reason = |w: &SagaWrite| w.settle.and_then(|s| s.cancel_reason()).map(|r| r.as_str());
-    let (entry_orders, entries): (Vec<Uuid>, Vec<&LogEntry>) = writes
+    let entries: Vec<(Uuid, &LogEntry)> = writes
         .iter()
         .flat_map(|&(id, _, w)| w.entries.iter().map(move |e| (id, e)))
-        .unzip();
+        .collect();
     let now = Utc::now();
     let query = match (&writes[..], &states[..]) {
         ([(id, version, w)], [state]) => sqlx::query_as(WRITE_ONE_SQL)
@@ -602,7 +602,7 @@ async fn write(warm: &Warm, orders: &[Current]) -> Result<HashMap<Uuid, i64>, St
             .bind(column(&writes, |(_, _, w)| settle(w)))
             .bind(column(&writes, |(_, _, w)| reason(w)))
             .bind(now)
-            .bind(&entry_orders),
+            .bind(column(&entries, |(id, _)| *id)),
     };
     let query: WriteQuery<'_> = bind_entries(query, &entries);
     let written = warm
@@ -615,22 +615,23 @@ async fn write(warm: &Warm, orders: &[Current]) -> Result<HashMap<Uuid, i64>, St
 type WriteQuery<'q> =
     sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, i64), sqlx::postgres::PgArguments>;
 
-/// Binds the log entries' columns, the last nine values of both writes.
-fn bind_entries<'q>(query: WriteQuery<'q>, entries: &'q [&'q LogEntry]) -> WriteQuery<'q> {
+/// Binds the log entries' columns, the last nine values of both writes
+/// (each entry with its order's id, which only `WRITE_SQL` binds, before).
+fn bind_entries<'q>(query: WriteQuery<'q>, entries: &'q [(Uuid, &'q LogEntry)]) -> WriteQuery<'q> {
     query
-        .bind(column(entries, |e| e.event.at))
-        .bind(column(entries, |e| e.event.event_id))
-        .bind(column(entries, |e| e.event.kind.as_str()))
-        .bind(column(entries, |e| &e.event.payload))
-        .bind(column(entries, |e| message(e).map(|m| m.message_id)))
-        .bind(column(entries, |e| message(e).map(|m| m.topic.name())))
-        .bind(column(entries, |e| {
+        .bind(column(entries, |(_, e)| e.event.at))
+        .bind(column(entries, |(_, e)| e.event.event_id))
+        .bind(column(entries, |(_, e)| e.event.kind.as_str()))
+        .bind(column(entries, |(_, e)| &e.event.payload))
+        .bind(column(entries, |(_, e)| message(e).map(|m| m.message_id)))
+        .bind(column(entries, |(_, e)| message(e).map(|m| m.topic.name())))
+        .bind(column(entries, |(_, e)| {
             message(e).map(|m| m.message_type.as_str())
         }))
-        .bind(column(entries, |e| {
+        .bind(column(entries, |(_, e)| {
             message(e).map(|m| m.correlation_id.as_str())
         }))
-        .bind(column(entries, |e| message(e).map(|m| &m.payload)))
+        .bind(column(entries, |(_, e)| message(e).map(|m| &m.payload)))
 }
 
 #[async_trait]
