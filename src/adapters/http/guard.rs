@@ -130,12 +130,48 @@ fn unauthorized() -> Response {
     response
 }
 
-/// Refuses requests without a valid key (when keys are configured).
-pub async fn require_key(State(keys): State<ApiKeys>, req: Request, next: Next) -> Response {
-    if keys.admits(req.headers()) {
-        next.run(req).await
-    } else {
-        unauthorized()
+/// What stands in front of the data routes, as one middleware (each
+/// middleware costs every request a clone of the route behind it): counted
+/// and timed (`observe`), then the in-flight limit, then the key, then the
+/// timeout. So a request refused for want of a key is counted, and the limit
+/// holds for callers without one too.
+pub async fn admit(State(guard): State<DataGuard>, req: Request, next: Next) -> Response {
+    super::observe::measured(req, async |req| {
+        let Ok(_permit) = guard.limit.in_flight.clone().try_acquire_owned() else {
+            return overloaded("too many requests in flight; retry shortly");
+        };
+        if !guard.keys.admits(req.headers()) {
+            return unauthorized();
+        }
+        match tokio::time::timeout(guard.limit.timeout, next.run(req)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request was not answered within {} ms",
+                    guard.limit.timeout.as_millis()
+                ),
+            )
+            .into_response(),
+        }
+    })
+    .await
+}
+
+/// The state of `admit`: the keys and the bounds.
+#[derive(Clone)]
+pub struct DataGuard {
+    keys: ApiKeys,
+    limit: Limit,
+}
+
+impl DataGuard {
+    pub fn new(keys: ApiKeys, bounds: &Bounds) -> Self {
+        Self {
+            keys,
+            limit: Limit::new(bounds),
+        }
     }
 }
 
@@ -185,35 +221,15 @@ impl Default for Bounds {
     }
 }
 
-/// Answers 503 `overloaded` past `max_in_flight` requests, and 503 `timeout`
-/// when a request is not answered within `request_timeout`.
-pub async fn bound(State(limit): State<Limit>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = limit.in_flight.clone().try_acquire_owned() else {
-        return overloaded("too many requests in flight; retry shortly");
-    };
-    match tokio::time::timeout(limit.timeout, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!(
-                "the request was not answered within {} ms",
-                limit.timeout.as_millis()
-            ),
-        )
-        .into_response(),
-    }
-}
-
-/// The shared state of `bound`.
+/// The in-flight limit and the timeout of `admit`.
 #[derive(Clone)]
-pub struct Limit {
+struct Limit {
     in_flight: Arc<Semaphore>,
     timeout: Duration,
 }
 
 impl Limit {
-    pub fn new(bounds: &Bounds) -> Self {
+    fn new(bounds: &Bounds) -> Self {
         Self {
             in_flight: Arc::new(Semaphore::new(bounds.max_in_flight.max(1))),
             timeout: bounds.request_timeout,
@@ -231,7 +247,7 @@ pub fn overloaded(message: &str) -> Response {
 
 /// Drops an `X-Request-Id` that is too long or not printable ASCII, so the
 /// next layer gives the request a fresh one.
-pub async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
+pub fn sanitize_request_id(mut req: Request) -> Request {
     let acceptable = |v: &HeaderValue| {
         let b = v.as_bytes();
         !b.is_empty() && b.len() <= REQUEST_ID_MAX && b.iter().all(|c| (0x21..=0x7e).contains(c))
@@ -243,7 +259,7 @@ pub async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
     {
         req.headers_mut().remove(REQUEST_ID_HEADER);
     }
-    next.run(req).await
+    req
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -28,7 +29,7 @@ use crate::application::health::Readiness;
 use crate::application::orders::OrderService;
 
 use error::ApiError;
-pub use guard::{ApiKeys, Bounds, Limit};
+pub use guard::{ApiKeys, Bounds, DataGuard};
 
 #[derive(Clone, axum::extract::FromRef)]
 pub struct AppState {
@@ -64,7 +65,8 @@ impl AppState {
 pub fn router(state: AppState, bounds: &Bounds) -> Router {
     let request_id = HeaderName::from_static(orders::REQUEST_ID_HEADER);
     let keys = state.keys.clone();
-    // The data: keys required (when configured), timeout and in-flight limit.
+    // The data: counted, in-flight limit, keys required (when configured),
+    // timeout, in one middleware (`guard::admit`).
     let data = Router::new()
         .route("/api/orders", post(orders::place_order))
         .route("/api/order/{id}", get(orders::get_order))
@@ -73,15 +75,11 @@ pub fn router(state: AppState, bounds: &Bounds) -> Router {
         .route("/api/methods", get(orders::methods))
         .route("/ui/stream", get(ui::stream))
         .route_layer(axum::middleware::from_fn_with_state(
-            keys.clone(),
-            guard::require_key,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            Limit::new(bounds),
-            guard::bound,
+            DataGuard::new(keys.clone(), bounds),
+            guard::admit,
         ));
-    let api = Router::new()
-        .merge(data)
+    // The rest: counted.
+    let rest = Router::new()
         .merge(ops_routes(keys))
         .route("/ui", get(ui::page))
         .route("/", get(|| async { Redirect::temporary("/ui") }))
@@ -93,16 +91,26 @@ pub fn router(state: AppState, bounds: &Bounds) -> Router {
             "/swagger",
             get(|| async { Redirect::permanent("/swagger-ui/") }),
         )
+        .route_layer(axum::middleware::from_fn(observe::track));
+    let api = data
+        .merge(rest)
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(axum::middleware::from_fn(observe::track))
         .with_state(state);
-    Router::new()
+    let routes = Router::new()
         .merge(
             SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", openapi::ApiDoc::openapi()),
         )
         .merge(api)
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(form::MAX_BODY_BYTES))
+        .fallback(not_found);
+    // Around the whole router, once: `Router::layer` would wrap every route in
+    // each layer (a boxed service per layer and route), and every request
+    // clones and drops its route's whole stack (a tenth of the service's CPU
+    // at capacity; docs/performance.md, the twenty-third session).
+    let outer = ServiceBuilder::new()
+        .map_request(guard::sanitize_request_id)
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,10 +119,9 @@ pub fn router(state: AppState, bounds: &Bounds) -> Router {
             )
             .into_response()
         }))
-        .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::from_fn(guard::sanitize_request_id))
+        .layer(DefaultBodyLimit::max(form::MAX_BODY_BYTES))
+        .service(routes);
+    Router::new().fallback_service(outer)
 }
 
 /// `/health` (open), `/ready` (its checks shown only to a caller with a key,

@@ -38,6 +38,12 @@ pub fn record_order_id(id: impl std::fmt::Display) {
 /// Counts and times every request by route template (not raw path, so ids do
 /// not explode the label set) and status.
 pub async fn track(req: Request, next: Next) -> Response {
+    measured(req, async |req| next.run(req).await).await
+}
+
+/// Answers `req` with `answer`, counted and timed as `track` does: for a
+/// middleware that does more around the same request (`guard::admit`).
+pub async fn measured(req: Request, answer: impl AsyncFnOnce(Request) -> Response) -> Response {
     let started = Instant::now();
     let method = req.method().to_string();
     let route = req
@@ -45,7 +51,7 @@ pub async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(req).await;
+    let response = answer(req).await;
     let labels = [
         ("method", method),
         ("route", route),
