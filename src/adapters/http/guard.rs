@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
+use super::observe::RequestMetrics;
 use super::orders::REQUEST_ID_HEADER;
 
 /// Longest `X-Request-Id` kept as it came.
@@ -136,7 +137,7 @@ fn unauthorized() -> Response {
 /// timeout. So a request refused for want of a key is counted, and the limit
 /// holds for callers without one too.
 pub async fn admit(State(guard): State<DataGuard>, req: Request, next: Next) -> Response {
-    super::observe::measured(req, async |req| {
+    super::observe::measured(&guard.metrics, req, async |req| {
         let Ok(_permit) = guard.limit.in_flight.clone().try_acquire_owned() else {
             return overloaded("too many requests in flight; retry shortly");
         };
@@ -159,18 +160,20 @@ pub async fn admit(State(guard): State<DataGuard>, req: Request, next: Next) -> 
     .await
 }
 
-/// The state of `admit`: the keys and the bounds.
+/// The state of `admit`: the keys, the bounds and the request metrics.
 #[derive(Clone)]
 pub struct DataGuard {
     keys: ApiKeys,
     limit: Limit,
+    metrics: RequestMetrics,
 }
 
 impl DataGuard {
-    pub fn new(keys: ApiKeys, bounds: &Bounds) -> Self {
+    pub fn new(keys: ApiKeys, bounds: &Bounds, metrics: RequestMetrics) -> Self {
         Self {
             keys,
             limit: Limit::new(bounds),
+            metrics,
         }
     }
 }

@@ -65,6 +65,7 @@ impl AppState {
 pub fn router(state: AppState, bounds: &Bounds) -> Router {
     let request_id = HeaderName::from_static(orders::REQUEST_ID_HEADER);
     let keys = state.keys.clone();
+    let metrics = observe::RequestMetrics::default();
     // The data: counted, in-flight limit, keys required (when configured),
     // timeout, in one middleware (`guard::admit`).
     let data = Router::new()
@@ -75,7 +76,7 @@ pub fn router(state: AppState, bounds: &Bounds) -> Router {
         .route("/api/methods", get(orders::methods))
         .route("/ui/stream", get(ui::stream))
         .route_layer(axum::middleware::from_fn_with_state(
-            DataGuard::new(keys.clone(), bounds),
+            DataGuard::new(keys.clone(), bounds, metrics.clone()),
             guard::admit,
         ));
     // The rest: counted.
@@ -91,7 +92,10 @@ pub fn router(state: AppState, bounds: &Bounds) -> Router {
             "/swagger",
             get(|| async { Redirect::permanent("/swagger-ui/") }),
         )
-        .route_layer(axum::middleware::from_fn(observe::track));
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            observe::track,
+        ));
     let api = data
         .merge(rest)
         .method_not_allowed_fallback(method_not_allowed)
@@ -154,7 +158,10 @@ where
 /// API (OPS_PORT).
 pub fn ops_router(readiness: Arc<Readiness>, keys: ApiKeys) -> Router {
     ops_routes(keys)
-        .route_layer(axum::middleware::from_fn(observe::track))
+        .route_layer(axum::middleware::from_fn_with_state(
+            observe::RequestMetrics::default(),
+            observe::track,
+        ))
         .fallback(not_found)
         .with_state(readiness)
 }
