@@ -76,16 +76,20 @@ struct Handles {
     duration: Histogram,
 }
 
+impl Handles {
+    fn record(&self, took: Duration) {
+        self.requests.increment(1);
+        self.duration.record(took.as_secs_f64());
+    }
+}
+
 impl RequestMetrics {
     fn record(&self, method: &Method, route: &str, status: StatusCode, took: Duration) {
         let find = |routes: &HashMap<String, Vec<Handles>>| {
             routes
                 .get(route)
                 .and_then(|hs| hs.iter().find(|h| h.status == status && h.method == method))
-                .map(|h| {
-                    h.requests.increment(1);
-                    h.duration.record(took.as_secs_f64());
-                })
+                .map(|h| h.record(took))
         };
         if find(&self.0.read().unwrap_or_else(PoisonError::into_inner)).is_some() {
             return;
@@ -105,8 +109,7 @@ impl RequestMetrics {
             requests: ::metrics::counter!(metrics::HTTP_REQUESTS, &labels),
             duration: ::metrics::histogram!(metrics::HTTP_DURATION, &labels),
         };
-        made.requests.increment(1);
-        made.duration.record(took.as_secs_f64());
+        made.record(took);
         routes.entry(route.to_owned()).or_default().push(made);
     }
 }
