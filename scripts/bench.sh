@@ -18,6 +18,9 @@
 #   BENCH_FLOOR_CONNECTIONS  connections of the PostgreSQL floor, in every scenario
 #                    (default 8: where it does best on two cores; more connections
 #                    take fewer inserts a second)
+#   BENCH_PORT, BENCH_USER_API_PORT, BENCH_API_PORT  where `ordersaga all`, its stub user
+#                    API and `ordersaga api` listen (default 18080, 18081, 18082); a run
+#                    refuses to start while any of them is taken
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set -a; . .stack/env; set +a
@@ -54,6 +57,16 @@ API_PORT=${BENCH_API_PORT:-18082}
 API_DB="${base%/*}/ordersaga_${run}_api"
 export RUST_LOG=${RUST_LOG:-warn}
 log="$OUT/ordersaga-all.log"
+
+# A port another process already holds (another bench run, a `make run`) would
+# answer the readiness check for the service this run starts, and the run would
+# measure the other one: refuse instead.
+for p in "$PORT" "$USER_API_PORT" "$API_PORT"; do
+  if (: >"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "bench: port $p is already in use (another bench or service running?); stop it, or set BENCH_PORT, BENCH_USER_API_PORT and BENCH_API_PORT" >&2
+    exit 1
+  fi
+done
 
 # wait_ready PORT PID WHAT LOG: until the process answers /ready (30 s at most).
 wait_ready() {
