@@ -75,6 +75,28 @@ impl Roles {
     fn mongo(&self) -> bool {
         self.api || self.relay
     }
+
+    /// How this process names itself to PostgreSQL: `ordersaga all`, or
+    /// `ordersaga` and its roles (`ordersaga api+relay`).
+    pub fn label(&self) -> String {
+        if *self == Self::all(self.user_api_stub) {
+            return "ordersaga all".into();
+        }
+        let names = [
+            (self.api, "api"),
+            (self.orchestrator, "orchestrator"),
+            (self.relay, "relay"),
+            (self.user_validator, "user-validator"),
+            (self.balance_validator, "balance-validator"),
+            (self.user_api_stub, "user-api-stub"),
+        ];
+        let on: Vec<&str> = names
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        format!("ordersaga {}", on.join("+"))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -279,7 +301,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         None
     };
     if roles.postgres() {
-        process.connect_postgres().await?;
+        process.connect_postgres(&roles.label()).await?;
     }
     if roles.kafka() {
         process.connect_kafka().await?;
@@ -377,9 +399,9 @@ impl Starting {
             .context("MongoDB is not connected for these roles")
     }
 
-    /// Applies the migrations (DATABASE_MIGRATE_ON_START) and connects,
-    /// waiting for PostgreSQL up to [`START_PATIENCE`].
-    async fn connect_postgres(&mut self) -> anyhow::Result<()> {
+    /// Applies the migrations (DATABASE_MIGRATE_ON_START) and connects as
+    /// `name`, waiting for PostgreSQL up to [`START_PATIENCE`].
+    async fn connect_postgres(&mut self, name: &str) -> anyhow::Result<()> {
         let url = self.settings.db.url.clone();
         if self.settings.migrate_on_start {
             retry_start("database migration", START_PATIENCE, || {
@@ -387,7 +409,7 @@ impl Starting {
             })
             .await?;
         }
-        let store = PgStore::connect_lazy(&self.settings.db)?;
+        let store = PgStore::connect_lazy(&self.settings.db, name)?;
         retry_start("connecting to PostgreSQL", START_PATIENCE, || {
             store.check(&url)
         })
@@ -719,5 +741,27 @@ impl Running {
             let _ = tokio::task::spawn_blocking(move || p.flush(timeout)).await;
         }
         tracing::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Roles;
+
+    #[test]
+    fn a_process_names_itself_by_its_roles() {
+        assert_eq!(Roles::all(true).label(), "ordersaga all");
+        assert_eq!(Roles::all(false).label(), "ordersaga all");
+        let api = Roles {
+            api: true,
+            relay: true,
+            ..Roles::none()
+        };
+        assert_eq!(api.label(), "ordersaga api+relay");
+        let orchestrator = Roles {
+            orchestrator: true,
+            ..Roles::none()
+        };
+        assert_eq!(orchestrator.label(), "ordersaga orchestrator");
     }
 }

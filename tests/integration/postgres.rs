@@ -1560,23 +1560,61 @@ async fn a_connection_closed_while_idle_is_replaced_before_a_statement_meets_it(
     assert_ne!(first, second, "a new connection");
 }
 
+/// A name the URL gives (`application_name=`) is the one PostgreSQL sees,
+/// not the process's own.
+#[tokio::test]
+async fn the_urls_application_name_wins_over_the_processs() {
+    let db = TestDb::new().await;
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    let store = PgStore::connect_lazy(
+        &ordersaga::adapters::postgres::PgSettings {
+            url: format!("{}{sep}application_name=billing-replica", db.url),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            saga_writers: 1,
+            saga_batch_max: 8,
+            order_writers: 1,
+            order_queue_max: 16,
+            statement_timeout: Duration::from_secs(5),
+        },
+        "ordersaga all",
+    )
+    .unwrap();
+    let name: String = sqlx::query_scalar("SHOW application_name")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(name, "billing-replica");
+}
+
 /// Every connection of the pool runs with DATABASE_STATEMENT_TIMEOUT_MS: a
 /// statement stuck on a lock or a slow plan is cancelled, not left holding a
 /// connection.
 #[tokio::test]
 async fn every_pooled_connection_has_the_statement_timeout() {
     let db = TestDb::new().await;
-    let store = PgStore::connect_lazy(&ordersaga::adapters::postgres::PgSettings {
-        url: db.url.clone(),
-        max_connections: 2,
-        acquire_timeout: Duration::from_secs(5),
-        saga_writers: 1,
-        saga_batch_max: 8,
-        order_writers: 1,
-        order_queue_max: 16,
-        statement_timeout: Duration::from_millis(300),
-    })
+    let store = PgStore::connect_lazy(
+        &ordersaga::adapters::postgres::PgSettings {
+            url: db.url.clone(),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            saga_writers: 1,
+            saga_batch_max: 8,
+            order_writers: 1,
+            order_queue_max: 16,
+            statement_timeout: Duration::from_millis(300),
+        },
+        "ordersaga test",
+    )
     .unwrap();
+    let name: String = sqlx::query_scalar("SHOW application_name")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        name, "ordersaga test",
+        "the pool names itself to PostgreSQL"
+    );
     let shown: String = sqlx::query_scalar("SHOW statement_timeout")
         .fetch_one(store.pool())
         .await

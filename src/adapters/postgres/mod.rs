@@ -277,12 +277,17 @@ pub fn pool_options() -> PgPoolOptions {
 
 impl PgStore {
     /// Connects lazily: the first query opens connections, so a process can
-    /// start (and report not-ready) while Postgres is down.
-    pub fn connect_lazy(settings: &PgSettings) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = settings
+    /// start (and report not-ready) while Postgres is down. The connections
+    /// introduce themselves as `application_name` (what `pg_stat_activity`
+    /// and the server's log show) unless the URL or `PGAPPNAME` names them.
+    pub fn connect_lazy(settings: &PgSettings, application_name: &str) -> anyhow::Result<Self> {
+        let mut options: PgConnectOptions = settings
             .url
             .parse()
             .with_context(|| "DATABASE_URL is not a valid PostgreSQL URL".to_string())?;
+        if options.get_application_name().is_none() {
+            options = options.application_name(application_name);
+        }
         let timeout = settings.statement_timeout.as_millis().to_string();
         let options = options.options([("statement_timeout", timeout.as_str())]);
         let pool = pool_options()
