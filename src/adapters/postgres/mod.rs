@@ -254,10 +254,10 @@ pub struct PgStore {
 /// A pooled connection idle this long is checked before it is handed out.
 const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
-/// The options of every pool ordersaga opens (and the bench's floor, so the
-/// floor pays what the service pays). sqlx checks a connection when it goes
-/// back to the pool, and by default again when it is handed out: with the
-/// statement itself, three round trips for one statement. Here a connection
+/// The options of every pool ordersaga opens (and the bench's). sqlx checks
+/// a connection when it goes back to the pool, and by default again when it
+/// is handed out: with the statement itself, three round trips for one
+/// statement (the hot path's statements skip the first, `warm.rs`). Here a connection
 /// is checked when handed out only if it has been idle for
 /// `CHECK_AFTER_IDLE` (a restart or a network cut while the pool was quiet
 /// is still found before a request meets it); one in steady use was checked
