@@ -1566,25 +1566,31 @@ async fn a_connection_closed_while_idle_is_replaced_before_a_statement_meets_it(
 async fn the_urls_application_name_wins_over_the_processs() {
     let db = TestDb::new().await;
     let sep = if db.url.contains('?') { '&' } else { '?' };
-    let store = PgStore::connect_lazy(
-        &ordersaga::adapters::postgres::PgSettings {
-            url: format!("{}{sep}application_name=billing-replica", db.url),
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(5),
-            saga_writers: 1,
-            saga_batch_max: 8,
-            order_writers: 1,
-            order_queue_max: 16,
-            statement_timeout: Duration::from_secs(5),
-        },
-        "ordersaga all",
-    )
-    .unwrap();
+    let url = format!("{}{sep}application_name=billing-replica", db.url);
+    let store =
+        PgStore::connect_lazy(&small_pool(url, Duration::from_secs(5)), "ordersaga all").unwrap();
     let name: String = sqlx::query_scalar("SHOW application_name")
         .fetch_one(store.pool())
         .await
         .unwrap();
     assert_eq!(name, "billing-replica");
+}
+
+/// A two-connection pool's settings, with one writer of each kind.
+fn small_pool(
+    url: String,
+    statement_timeout: Duration,
+) -> ordersaga::adapters::postgres::PgSettings {
+    ordersaga::adapters::postgres::PgSettings {
+        url,
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(5),
+        saga_writers: 1,
+        saga_batch_max: 8,
+        order_writers: 1,
+        order_queue_max: 16,
+        statement_timeout,
+    }
 }
 
 /// Every connection of the pool runs with DATABASE_STATEMENT_TIMEOUT_MS: a
@@ -1594,16 +1600,7 @@ async fn the_urls_application_name_wins_over_the_processs() {
 async fn every_pooled_connection_has_the_statement_timeout() {
     let db = TestDb::new().await;
     let store = PgStore::connect_lazy(
-        &ordersaga::adapters::postgres::PgSettings {
-            url: db.url.clone(),
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(5),
-            saga_writers: 1,
-            saga_batch_max: 8,
-            order_writers: 1,
-            order_queue_max: 16,
-            statement_timeout: Duration::from_millis(300),
-        },
+        &small_pool(db.url.clone(), Duration::from_millis(300)),
         "ordersaga test",
     )
     .unwrap();
