@@ -272,13 +272,30 @@ impl Drop for TestMongo {
     }
 }
 
-/// A free TCP port on loopback (bound and released; fine for tests).
+/// A free TCP port on loopback for a child process to listen on. It is
+/// bound and released, and the child binds it a moment later; meanwhile
+/// another process may take it. So the port is chosen below the kernel's
+/// ephemeral range (where the tests' outgoing connections take their local
+/// ports, and where a port asked for with `:0` comes from), and never handed
+/// out twice by this test binary: neither a client socket nor another test's
+/// server can be on it when the child starts. (With ports from `:0`, a test
+/// once found another test's process answering on its API's port.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, span) = (ephemeral_low / 2, ephemeral_low - ephemeral_low / 2);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..10_000 {
+        let port = low + (Uuid::new_v4().as_u128() % u128::from(span)) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{ephemeral_low}");
 }
 
 /// The `ordersaga` binary running as a child process, killed when dropped.
