@@ -257,8 +257,8 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// The options of every pool ordersaga opens (and the bench's). sqlx checks
 /// a connection when it goes back to the pool, and by default again when it
 /// is handed out: with the statement itself, three round trips for one
-/// statement (the hot path's statements skip the first, `warm.rs`). Here a connection
-/// is checked when handed out only if it has been idle for
+/// statement (the hot path's statements skip the first, `warm.rs`). Here a
+/// connection is checked when handed out only if it has been idle for
 /// `CHECK_AFTER_IDLE` (a restart or a network cut while the pool was quiet
 /// is still found before a request meets it); one in steady use was checked
 /// a moment ago, when it came back.
